@@ -1,0 +1,233 @@
+"""One training loop for every chapter.
+
+    history = fit(model, get_batch, loss_fn, TrainConfig(steps=300, lr=3e-3), eval_fn=...)
+
+- get_batch(step) returns the *global* batch for that step (a tensor, or a tuple/list/dict
+  of tensors with the batch first). Making it a pure function of `step` (e.g. a generator
+  seeded with seed + step) is what makes resuming exact.
+- loss_fn(model, batch) returns a scalar loss. Call the model itself (its forward), not
+  its submodules, so that DistributedDataParallel can synchronise gradients.
+- AdamW (weight decay on matrices only), linear warmup then cosine decay, gradient
+  clipping, bf16 autocast and optional torch.compile on CUDA, device auto-pick
+  (cuda > mps > cpu), a tqdm progress bar with the live loss, an eval callback, and a
+  returned history for plotting.
+- Checkpoints hold model, optimizer, step and history; they load with weights_only=True.
+- Under `torchrun --nproc_per_node=N`, each rank takes its 1/N slice of the global batch
+  and DDP averages gradients (gloo on CPU, nccl on GPU): the same update as one process
+  on the whole batch.
+"""
+
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 500
+    lr: float = 3e-3
+    weight_decay: float = 0.01
+    betas: tuple = (0.9, 0.95)
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.1          # cosine decays to lr * min_lr_ratio
+    grad_clip: float = 1.0             # 0 disables clipping
+    device: str = None                 # None: cuda > mps > cpu
+    amp: bool = True                   # bf16 autocast, on CUDA only
+    compile: bool = False              # torch.compile, on CUDA only
+    seed: int = 0
+    eval_every: int = 0                # 0: evaluate once, at the end
+    checkpoint_path: str = None
+    checkpoint_every: int = 0          # 0: save once, at the end (if a path is set)
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+
+
+def pick_device(override=None):
+    """torch.device: the override if given, else cuda > mps > cpu."""
+    if override is not None:
+        return torch.device(override)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy as np
+        np.random.seed(seed)
+    except ImportError:
+        pass
+
+
+def lr_at(step, config):
+    """Learning rate at `step`: linear warmup to config.lr, then cosine to lr * min_lr_ratio."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
+
+
+def make_optimizer(model, config):
+    """AdamW; weight decay only on matrices (not on biases, norms or 1-D parameters)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters (all have requires_grad=False)")
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
+
+
+def move_to(batch, device):
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {key: move_to(value, device) for key, value in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(move_to(value, device) for value in batch)
+    return batch
+
+
+def shard(batch, rank, world_size):
+    """This rank's slice of every tensor in the batch, along dim 0."""
+    if isinstance(batch, torch.Tensor):
+        if batch.shape[0] % world_size:
+            raise ValueError(f"global batch size {batch.shape[0]} must be divisible by world size {world_size}")
+        return batch.chunk(world_size)[rank]
+    if isinstance(batch, dict):
+        return {key: shard(value, rank, world_size) for key, value in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(shard(value, rank, world_size) for value in batch)
+    return batch
+
+
+def distributed_setup(device):
+    """Join the torchrun process group if there is one; returns (rank, world_size)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def save_checkpoint(path, model, optimizer=None, step=0, history=None, extra=None):
+    """Write atomically (a temporary file, then rename), so a crash never leaves half a file."""
+    state = {"model": model.state_dict(), "step": step, "history": history or {}, "extra": extra or {}}
+    if optimizer is not None:
+        state["optimizer"] = optimizer.state_dict()
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp_path = f"{path}.tmp{os.getpid()}"
+    torch.save(state, tmp_path)
+    os.replace(tmp_path, path)
+
+
+def load_checkpoint(path, model=None, optimizer=None, map_location="cpu"):
+    """Load a checkpoint saved by `save_checkpoint` (weights_only=True) into model/optimizer; returns it."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:
+        raise ValueError(f"checkpoint {path} is corrupted or not a minivlm checkpoint: {error}") from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise ValueError(f"checkpoint {path} is not a minivlm checkpoint (no 'model' entry)")
+    if model is not None:
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as error:
+            raise ValueError(f"checkpoint {path} does not fit this model: {error}") from None
+    if optimizer is not None and "optimizer" in state:
+        optimizer.load_state_dict(state["optimizer"])
+    return state
+
+
+def fit(model, get_batch, loss_fn, config=None, eval_fn=None, resume_from=None):
+    """Train `model` for config.steps steps; returns the history dict
+    {"step", "loss", "lr", "eval": [{"step": s, **metrics}], "seconds", "device"}."""
+    config = config or TrainConfig()
+    device = pick_device(config.device)
+    rank, world_size = distributed_setup(device)
+    if device.type == "cuda" and world_size > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+    model.to(device)
+    optimizer = make_optimizer(model, config)
+    history = {"step": [], "loss": [], "lr": [], "eval": [], "seconds": 0.0, "device": str(device)}
+    start_step = 0
+    if resume_from is not None:
+        state = load_checkpoint(resume_from, model, optimizer, map_location=device)
+        start_step, history = state["step"], state["history"]
+
+    train_model = model
+    if world_size > 1:
+        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if config.compile and device.type == "cuda":
+        train_model = torch.compile(train_model)
+    use_amp = config.amp and device.type == "cuda"
+
+    def evaluate(step):
+        if eval_fn is None or rank != 0:
+            return
+        model.eval()
+        metrics = eval_fn(model)
+        model.train()
+        history["eval"].append({"step": step, **metrics})
+
+    def checkpoint(step):
+        if config.checkpoint_path and rank == 0:
+            save_checkpoint(config.checkpoint_path, model, optimizer, step, history, {"config": asdict(config)})
+
+    model.train()
+    bar = tqdm(range(start_step, config.steps), initial=start_step, total=config.steps,
+               disable=not config.progress or rank != 0, desc="training")
+    started = time.perf_counter()
+    for step in bar:
+        lr = lr_at(step, config)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batch = shard(move_to(get_batch(step), device), rank, world_size)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            loss = loss_fn(train_model, batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+
+        loss_value = loss.detach()
+        if world_size > 1:                       # report the global mean loss
+            dist.all_reduce(loss_value)
+            loss_value /= world_size
+        loss_value = loss_value.item()
+        history["step"].append(step)
+        history["loss"].append(loss_value)
+        history["lr"].append(lr)
+        bar.set_postfix(loss=f"{loss_value:.4f}")
+        done = step + 1
+        if config.eval_every and done % config.eval_every == 0 and done < config.steps:
+            evaluate(done)
+        if config.checkpoint_every and done % config.checkpoint_every == 0 and done < config.steps:
+            checkpoint(done)
+    bar.close()
+    history["seconds"] += time.perf_counter() - started
+    if not history["eval"] or history["eval"][-1]["step"] != config.steps:
+        evaluate(config.steps)
+    checkpoint(config.steps)
+    return history

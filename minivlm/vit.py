@@ -1,0 +1,175 @@
+"""Vision Transformer encoder (Dosovitskiy et al. 2020, "An Image is Worth 16x16 Words").
+
+    images (B, C, H, W) -> patch embedding (B, N, D) -> + positions -> depth × pre-norm block
+    -> final LayerNorm -> patch tokens (B, N, D) and a pooled vector (B, D)
+
+A pre-norm block is  x = x + attn(norm1(x));  x = x + mlp(norm2(x)).
+
+Positions, one switch (`ViTConfig.positions`):
+    "learned"  a learned vector per patch of the training grid (interpolated bicubically
+               when the image size changes), as in ViT
+    "sincos"   fixed 2D sine/cosine features of (row, col), as in MAE
+    "rope2d"   no added vector; queries and keys are rotated by row and column (2D RoPE,
+               see rope.py), so attention sees relative offsets
+    "none"     no positions at all (a bag of patches)
+Pooling: "mean" over patch tokens, or "cls", a learned token prepended to the sequence.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .attention import MultiHeadAttention
+from .patching import PatchEmbed, check_images
+from . import rope as rope_lib
+
+POSITIONS = ("learned", "sincos", "rope2d", "none")
+
+
+@dataclass
+class ViTConfig:
+    image_size: int = 32
+    patch_size: int = 4
+    channels: int = 3
+    dim: int = 64
+    depth: int = 4
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    positions: str = "learned"
+    pool: str = "mean"
+
+    def __post_init__(self):
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size={self.image_size} is not divisible by patch_size={self.patch_size}")
+        if self.positions not in POSITIONS:
+            raise ValueError(f"positions must be one of {POSITIONS}, got {self.positions!r}")
+        if self.pool not in ("mean", "cls"):
+            raise ValueError(f"pool must be 'mean' or 'cls', got {self.pool!r}")
+        if self.dim % self.heads:
+            raise ValueError(f"dim={self.dim} must be divisible by heads={self.heads}")
+
+    @property
+    def grid_size(self):
+        return self.image_size // self.patch_size
+
+
+def sincos_2d(grid_h, grid_w, dim, device=None):
+    """Fixed 2D sin/cos position features (grid_h·grid_w, dim): half the channels encode the row, half the column."""
+    if dim % 4:
+        raise ValueError(f"dim must be divisible by 4 for 2D sin/cos positions, got {dim}")
+    quarter = dim // 4
+    omega = 1.0 / (10000 ** (torch.arange(quarter, device=device, dtype=torch.float32) / quarter))
+    rows = torch.arange(grid_h, device=device, dtype=torch.float32)[:, None].expand(grid_h, grid_w).reshape(-1)
+    cols = torch.arange(grid_w, device=device, dtype=torch.float32)[None, :].expand(grid_h, grid_w).reshape(-1)
+    row_angles, col_angles = rows[:, None] * omega, cols[:, None] * omega
+    return torch.cat([row_angles.sin(), row_angles.cos(), col_angles.sin(), col_angles.cos()], dim=1)
+
+
+class MLP(nn.Module):
+    def __init__(self, dim, hidden_dim):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class ViTBlock(nn.Module):
+    """Pre-norm transformer block with bidirectional attention over (B, N, D)."""
+
+    def __init__(self, dim, heads, mlp_ratio=4.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = MultiHeadAttention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = MLP(dim, int(dim * mlp_ratio))
+
+    def forward(self, x, rope=None, return_weights=False, **mask_kwargs):
+        """x (B, N, D); mask_kwargs (attn_mask, key_padding_mask, is_causal) go to the attention."""
+        attended = self.attn(self.norm1(x), rope=rope, return_weights=return_weights, **mask_kwargs)
+        weights = None
+        if return_weights:
+            attended, weights = attended
+        x = x + attended
+        x = x + self.mlp(self.norm2(x))
+        return (x, weights) if return_weights else x
+
+
+class ViT(nn.Module):
+    """images (B, C, H, W) -> (patch tokens (B, N, D), pooled (B, D))."""
+
+    def __init__(self, config: ViTConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        self.patch_embed = PatchEmbed(c.patch_size, c.channels, c.dim)
+        if c.positions == "learned":
+            self.pos_embed = nn.Parameter(torch.randn(1, c.grid_size ** 2, c.dim) * 0.02)
+        if c.pool == "cls":
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, c.dim))
+        self.blocks = nn.ModuleList(ViTBlock(c.dim, c.heads, c.mlp_ratio) for _ in range(c.depth))
+        self.norm = nn.LayerNorm(c.dim)
+
+    def position_embedding(self, grid_h, grid_w, device):
+        """Additive positions (1, N, D) for a grid_h × grid_w patch grid, or None."""
+        c = self.config
+        if c.positions == "sincos":
+            return sincos_2d(grid_h, grid_w, c.dim, device)[None]
+        if c.positions != "learned":
+            return None
+        if (grid_h, grid_w) == (c.grid_size, c.grid_size):
+            return self.pos_embed
+        table = self.pos_embed.reshape(1, c.grid_size, c.grid_size, c.dim).permute(0, 3, 1, 2)
+        table = F.interpolate(table, size=(grid_h, grid_w), mode="bicubic", align_corners=False)
+        return table.permute(0, 2, 3, 1).reshape(1, grid_h * grid_w, c.dim)
+
+    def rotary(self, grid_h, grid_w, device):
+        """(cos, sin) of shape (N [+1], D/H) for 2D RoPE, or None."""
+        if self.config.positions != "rope2d":
+            return None
+        cos, sin = rope_lib.rope_2d_cos_sin(grid_h, grid_w, self.config.dim // self.config.heads, device=device)
+        if self.config.pool == "cls":                  # the class token sits at no position: angle 0
+            cos = torch.cat([torch.ones_like(cos[:1]), cos])
+            sin = torch.cat([torch.zeros_like(sin[:1]), sin])
+        return cos, sin
+
+    def forward(self, images, return_attention=False):
+        c = self.config
+        check_images(images, c.patch_size, c.channels)
+        grid_h, grid_w = images.shape[2] // c.patch_size, images.shape[3] // c.patch_size
+        x = self.patch_embed(images)                                  # (B, N, D)
+        positions = self.position_embedding(grid_h, grid_w, images.device)
+        if positions is not None:
+            x = x + positions
+        if c.pool == "cls":
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        rope = self.rotary(grid_h, grid_w, images.device)
+        attention_maps = []
+        for block in self.blocks:
+            if return_attention:
+                x, weights = block(x, rope=rope, return_weights=True)
+                attention_maps.append(weights)
+            else:
+                x = block(x, rope=rope)
+        x = self.norm(x)
+        if c.pool == "cls":
+            pooled, tokens = x[:, 0], x[:, 1:]
+        else:
+            pooled, tokens = x.mean(dim=1), x
+        return (tokens, pooled, attention_maps) if return_attention else (tokens, pooled)
+
+
+class ViTClassifier(nn.Module):
+    """A ViT with a linear head on the pooled vector: images (B, C, H, W) -> logits (B, K)."""
+
+    def __init__(self, config: ViTConfig, num_classes: int):
+        super().__init__()
+        self.vit = ViT(config)
+        self.head = nn.Linear(config.dim, num_classes)
+
+    def forward(self, images):
+        return self.head(self.vit(images)[1])
