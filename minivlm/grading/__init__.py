@@ -1,0 +1,225 @@
+"""Automatic checks for the exercise notebooks: a pass, a hint, or "not implemented yet".
+
+Each chapter has a module `minivlm/grading/chNN.py` whose checks take the
+learner's function, call it on small inputs and compare with the reference
+implementation from `minivlm/`. A check cell in a notebook reads
+
+    from minivlm.grading import ch01
+    ch01.check_patchify(patchify)
+
+and prints exactly one short block, never a traceback:
+
+    ✅ patchify: passed
+    ⏳ patchify: not implemented yet — replace `raise NotImplementedError()` with your code
+    ❌ patchify: output has shape (2, 16, 48), expected (2, 16, 64). Hint: ...
+    ❌ patchify: your code raised RuntimeError: shape '[2, 4]' is invalid ...
+       at Cell In[5], line 7, in patchify
+
+Writing a check is asserting with the `expect_*` helpers (they raise `Hint`)
+inside a function decorated with `@check("name")`:
+
+    @check("patchify")
+    def check_patchify(patchify):
+        images = torch.randn(2, 3, 8, 8)
+        expect_close(patchify(images, 4), patching.patchify(images, 4), "patchify(images, 4)",
+                     hint="each patch is flattened in (C, P, P) order")
+
+Notebook convention (see `minivlm/exercises.py`): solution regions sit inside
+function bodies, so an exercise notebook still runs top to bottom, and its
+learner functions are only called from check cells, each reporting
+"not implemented yet" until filled in.
+"""
+
+import functools
+import os
+import sys
+import traceback
+
+import torch
+
+NOT_IMPLEMENTED = "not implemented yet — replace `raise NotImplementedError()` with your code"
+_MAX_MESSAGE_CHARS = 300
+
+
+class Hint(AssertionError):
+    """A failed check, with a message meant for the learner."""
+
+
+# -----------------------------------------------------------------------------
+# running a check
+
+
+def run_check(name, check_fn):
+    """Run `check_fn()`, print one line (two for a crash) saying how it went; True if it passed."""
+    try:
+        check_fn()
+    except NotImplementedError as error:
+        # The exercise stub is a bare `raise NotImplementedError()`; one with a
+        # message comes from a library (e.g. an op missing on MPS): a real error.
+        if not str(error):
+            print(f"⏳ {name}: {NOT_IMPLEMENTED}")
+            return False
+        _print_crash(name, error)
+        return False
+    except AssertionError as error:
+        message = _first_line(error) or "an assertion failed"
+        print(f"❌ {name}: {message}")
+        if not isinstance(error, Hint):  # a bare `assert`, maybe in the learner's code
+            _print_location(error)
+        return False
+    except Exception as error:
+        _print_crash(name, error)
+        return False
+    print(f"✅ {name}: passed")
+    return True
+
+
+class CheckResult:
+    """What a `@check` function returns: truthy iff it passed, and silent as a cell's last value."""
+
+    def __init__(self, name, passed):
+        self.name, self.passed = name, passed
+
+    def __bool__(self):
+        return self.passed
+
+    def __repr__(self):
+        return f"CheckResult({self.name!r}, passed={self.passed})"
+
+    def _ipython_display_(self):
+        pass  # the check already printed its line; don't add `True` under it
+
+
+def check(name):
+    """Decorator: `@check("patchify") def check_patchify(fn): ...` runs the body through `run_check`."""
+    def decorate(check_body):
+        @functools.wraps(check_body)
+        def run(*args, **kwargs):
+            return CheckResult(name, run_check(name, lambda: check_body(*args, **kwargs)))
+        return run
+    return decorate
+
+
+def _first_line(error):
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    text = lines[0].strip() if lines else ""
+    return text if len(text) <= _MAX_MESSAGE_CHARS else text[: _MAX_MESSAGE_CHARS - 1] + "…"
+
+
+def _print_crash(name, error):
+    message = _first_line(error)
+    print(f"❌ {name}: your code raised {type(error).__name__}" + (f": {message}" if message else ""))
+    _print_location(error)
+
+
+def _print_location(error):
+    location = _learner_location(error.__traceback__)
+    if location:
+        print(f"   at {location}")
+
+
+def _learner_location(tb):
+    """The innermost notebook cell in the traceback; outside a notebook, the innermost user file."""
+    frames = traceback.extract_tb(tb)
+    for frame in reversed(frames):
+        cell = _notebook_cell(frame.filename)
+        if cell:
+            return f"{cell}, line {frame.lineno}, in {frame.name}"
+    for frame in reversed(frames):
+        if _is_user_file(frame.filename):
+            return f"{os.path.basename(frame.filename)}, line {frame.lineno}, in {frame.name}"
+    return None
+
+
+def _notebook_cell(filename):
+    """'Cell In[5]' when `filename` is code compiled from a Jupyter cell, else None."""
+    shell = sys.modules.get("IPython") and sys.modules["IPython"].get_ipython()
+    if shell is None:
+        return None
+    try:
+        label = shell.compile.format_code_name(filename)  # IPython >= 8
+    except Exception:
+        return None
+    return f"{label[0]} {label[1]}" if label else None
+
+
+_NOT_USER_DIRS = tuple(
+    os.path.normcase(os.path.abspath(path)) + os.sep
+    for path in [os.path.dirname(__file__), os.path.dirname(os.__file__), os.path.dirname(torch.__path__[0])]
+)
+
+
+def _is_user_file(filename):
+    path = os.path.normcase(os.path.abspath(filename))
+    return not filename.startswith("<") and not path.startswith(_NOT_USER_DIRS)
+
+
+# -----------------------------------------------------------------------------
+# helpers for writing checks: each raises `Hint` with a learner-facing message
+
+
+def _with_hint(message, hint):
+    return f"{message} Hint: {hint}" if hint else message
+
+
+def _short_repr(value, limit=80):
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _require_tensor(value, what, hint=None):
+    if not isinstance(value, torch.Tensor):
+        raise Hint(_with_hint(f"{what} should be a torch.Tensor, got {type(value).__name__}.", hint))
+
+
+def expect_shape(tensor, shape, what, hint=None):
+    """`tensor` has `shape`; None in `shape` matches any size."""
+    _require_tensor(tensor, what, hint)
+    actual = tuple(tensor.shape)
+    shape = tuple(shape)
+    if len(actual) != len(shape) or any(s is not None and s != a for a, s in zip(actual, shape)):
+        wanted = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
+        raise Hint(_with_hint(f"{what} has shape {actual}, expected {wanted}.", hint))
+
+
+def expect_close(actual, expected, what, hint=None, atol=1e-5, rtol=1e-4):
+    """`actual` matches `expected` in shape, dtype, device and values (up to atol + rtol * |expected|)."""
+    if isinstance(expected, torch.Tensor):
+        _require_tensor(actual, what, hint)
+        expect_shape(actual, expected.shape, what, hint)
+        if actual.dtype != expected.dtype:
+            raise Hint(_with_hint(f"{what} has dtype {actual.dtype}, expected {expected.dtype}.", hint))
+        if actual.device != expected.device:
+            raise Hint(_with_hint(f"{what} is on {actual.device}, expected {expected.device}.", hint))
+    else:  # a Python number or list: compare values only
+        try:
+            actual, expected = torch.as_tensor(actual), torch.as_tensor(expected)
+        except (TypeError, ValueError, RuntimeError):
+            raise Hint(_with_hint(f"{what} should be a number, got {_short_repr(actual)}.", hint)) from None
+        expect_shape(actual, expected.shape, what, hint)
+    actual = actual.detach().cpu().double()
+    expected = expected.detach().cpu().double()
+    if torch.allclose(actual, expected, atol=atol, rtol=rtol, equal_nan=True):
+        return
+    wrong_nan = actual.isnan() != expected.isnan()
+    if wrong_nan.any():
+        raise Hint(_with_hint(f"{what} has {int(wrong_nan.sum())} NaN value(s) where none are expected (or the reverse).", hint))
+    difference = (actual - expected).abs().nan_to_num(0.0)
+    worst = torch.unravel_index(difference.argmax(), difference.shape) if difference.dim() else ()
+    index = tuple(int(i) for i in worst)
+    where = f" at index {index}" if index else ""
+    raise Hint(_with_hint(
+        f"{what} has the right shape but wrong values: max abs difference {difference.max().item():.3g}{where}"
+        f" (got {actual[index].item():.4g}, expected {expected[index].item():.4g}).", hint))
+
+
+def expect_equal(actual, expected, what, hint=None):
+    """`actual == expected` exactly (tensors: same shape and every element equal)."""
+    if isinstance(expected, torch.Tensor):
+        _require_tensor(actual, what, hint)
+        expect_shape(actual, expected.shape, what, hint)
+        if not torch.equal(actual.detach().cpu(), expected.detach().cpu()):
+            mismatched = int((actual.detach().cpu() != expected.detach().cpu()).sum())
+            raise Hint(_with_hint(f"{what} differs from the expected values at {mismatched} of {expected.numel()} positions.", hint))
+    elif actual != expected:
+        raise Hint(_with_hint(f"{what} is {_short_repr(actual)}, expected {_short_repr(expected)}.", hint))

@@ -1,0 +1,166 @@
+"""exercises/ is generated from solutions/, runs headless, and every check in it says "not implemented yet"."""
+
+import json
+import os
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+from minivlm.exercises import generate_exercise, generate_exercises, main
+
+REPO = Path(__file__).resolve().parents[1]
+SOLUTIONS, EXERCISES = REPO / "solutions", REPO / "exercises"
+NAMES = sorted(path.name for path in SOLUTIONS.glob("*.ipynb"))
+# A check cell calls a `check_*` function, e.g. `ch01.check_patchify(patchify)`.
+CHECK_CALL = re.compile(r"^(?!\s*(async\s+)?def\s).*\b(check_\w*|run_check)\s*\(", re.MULTILINE)
+
+
+def solution_names():
+    return pytest.mark.parametrize("name", NAMES or [pytest.param(None, id="no-solutions")])
+
+
+def require(name):
+    if name is None:
+        pytest.skip("no solution notebooks in solutions/ yet")
+
+
+def is_check_cell(cell):
+    return cell.cell_type == "code" and CHECK_CALL.search(cell.source) is not None
+
+
+def output_text(cell):
+    return "".join(o.get("text", "") + "".join(o.get("data", {}).get("text/plain", "")) for o in cell.outputs)
+
+
+# --- the committed notebooks ---------------------------------------------------------
+
+
+@solution_names()
+def test_exercise_is_regenerated_solution(name, tmp_path):
+    require(name)
+    generate_exercises(SOLUTIONS, tmp_path)
+    committed = EXERCISES / name
+    assert committed.exists(), f"exercises/{name} is missing: run `python -m minivlm.exercises`"
+    assert json.loads(committed.read_text()) == json.loads((tmp_path / name).read_text()), (
+        f"exercises/{name} is stale: run `python -m minivlm.exercises`")
+
+
+def test_exercises_folder_up_to_date():
+    assert generate_exercises(SOLUTIONS, EXERCISES, check=True) == [], "run `python -m minivlm.exercises`"
+
+
+@solution_names()
+def test_exercise_runs_and_every_check_is_not_implemented(name, monkeypatch):
+    require(name)
+    nbclient = pytest.importorskip("nbclient")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    nb = nbformat.read(EXERCISES / name, as_version=4)
+    nbclient.NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(EXERCISES)}}).execute()
+    for index, cell in enumerate(nb.cells):
+        if is_check_cell(cell):
+            text = output_text(cell)
+            assert "not implemented yet" in text and "passed" not in text, f"{name}, cell {index}: {text!r}"
+
+
+@solution_names()
+def test_solution_checks_stored_as_passed(name):
+    require(name)
+    nb = nbformat.read(SOLUTIONS / name, as_version=4)
+    checks = [(index, cell) for index, cell in enumerate(nb.cells) if is_check_cell(cell)]
+    assert checks, f"{name} has no check cell"
+    for index, cell in checks:
+        text = output_text(cell)
+        assert "passed" in text and "❌" not in text and "⏳" not in text, (
+            f"{name}, cell {index}: stored output {text!r}; run the solution notebook and save it")
+
+
+# --- the generator -------------------------------------------------------------------
+
+SOLVED_CELL = '''\
+def patchify(images, patch_size):
+    """Split images into patches."""
+    ### BEGIN SOLUTION
+    B, C, H, W = images.shape
+    return images
+    ### END SOLUTION
+
+class Stack:
+    def push(self, x):
+        if x is None:
+            ### BEGIN SOLUTION
+            return None
+            ### END SOLUTION
+        return x'''
+
+EXERCISE_CELL = '''\
+def patchify(images, patch_size):
+    """Split images into patches."""
+    # YOUR CODE HERE
+    raise NotImplementedError()
+
+class Stack:
+    def push(self, x):
+        if x is None:
+            # YOUR CODE HERE
+            raise NotImplementedError()
+        return x'''
+
+
+def solution_notebook():
+    code = new_code_cell(SOLVED_CELL, execution_count=3, outputs=[nbformat.v4.new_output("stream", text="hi\n")])
+    hidden = new_code_cell("check(patchify)\n### BEGIN HIDDEN TESTS\nassert secret()\n### END HIDDEN TESTS\nprint('done')")
+    markdown = new_markdown_cell("Why patches?\n\n### BEGIN SOLUTION\nBecause attention is quadratic.\n### END SOLUTION")
+    nb = new_notebook(cells=[markdown, code, hidden], metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    nb.cells[1].metadata["tags"] = ["exercise"]
+    return nb
+
+
+def test_generate_exercise_replaces_regions_and_clears_outputs():
+    solution = solution_notebook()
+    before = json.dumps(solution, sort_keys=True)
+    exercise = generate_exercise(solution)
+    assert json.dumps(solution, sort_keys=True) == before, "the input notebook must not change"
+    markdown, code, hidden = exercise.cells
+    assert markdown.source == "Why patches?\n\nYOUR ANSWER HERE"
+    assert code.source == EXERCISE_CELL
+    assert code.outputs == [] and code.execution_count is None
+    assert code.metadata["tags"] == ["exercise"] and code.id == solution.cells[1].id
+    assert hidden.source == "check(patchify)\nprint('done')"
+    assert exercise.metadata == solution.metadata
+    compile(code.source, "<exercise>", "exec")  # the stub keeps the function valid Python
+
+
+@pytest.mark.parametrize("source, problem", [
+    ("x = 1\n### BEGIN SOLUTION\ny = 2", "never closed"),
+    ("### END SOLUTION", "without a matching"),
+    ("### BEGIN SOLUTION\n### BEGIN SOLUTION\n### END SOLUTION", "inside an open"),
+    ("### BEGIN HIDDEN TESTS\n### END SOLUTION", "without a matching"),
+])
+def test_unbalanced_markers_raise(source, problem):
+    nb = new_notebook(cells=[new_markdown_cell("intro"), new_code_cell(source)])
+    with pytest.raises(ValueError, match=rf"01_demo.ipynb, cell 1: .*{problem}"):
+        generate_exercise(nb, name="01_demo.ipynb")
+
+
+def test_generate_exercises_deterministic_check_mode_and_cli(tmp_path, capsys):
+    solutions, exercises = tmp_path / "solutions", tmp_path / "exercises"
+    solutions.mkdir()
+    nbformat.write(solution_notebook(), solutions / "01_demo.ipynb")
+    assert generate_exercises(solutions, exercises, check=True) == [exercises / "01_demo.ipynb"]
+    assert not exercises.exists(), "check mode writes nothing"
+    assert generate_exercises(solutions, exercises) == [exercises / "01_demo.ipynb"]
+    first = (exercises / "01_demo.ipynb").read_bytes()
+    assert first.endswith(b"}\n") and nbformat.reads(first.decode(), as_version=4).nbformat == 4
+    assert generate_exercises(solutions, exercises) == []
+    assert (exercises / "01_demo.ipynb").read_bytes() == first
+
+    (exercises / "99_orphan.ipynb").write_text(first.decode())
+    args = ["--solutions", str(solutions), "--exercises", str(exercises)]
+    assert main(["--check", *args]) == 1
+    assert "99_orphan.ipynb" in capsys.readouterr().out
+    assert main(args) == 0 and not (exercises / "99_orphan.ipynb").exists()
+    assert main(["--check", *args]) == 0
