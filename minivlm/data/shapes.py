@@ -1,0 +1,408 @@
+"""The Shapes world: scenes of coloured shapes, rendered in torch, with exact text about them.
+
+A scene is up to N objects (shape, colour, size, position) in distinct cells of a
+grid x grid layout. Batches of scenes are a `SceneBatch` of (B, N) tensors; the three
+steps are separate functions over it, so later chapters can add time, documents or
+preference pairs without touching the others:
+
+    sample_scenes(B, config)        -> SceneBatch, tensors (B, N)
+    render(scenes, image_size)      -> images (B, 3, H, W) float32 in [0, 1]
+    caption / questions(scenes, i)  -> str / list[QA] for scene i
+
+Train, val and test never share a scene: a scene's split is its content hash mod 100.
+"""
+
+import numbers
+import random
+from collections import OrderedDict
+from dataclasses import dataclass, fields
+from typing import NamedTuple
+
+import torch
+
+SHAPES = ("circle", "square", "triangle")
+PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles"}
+COLORS = OrderedDict(
+    red=(0.90, 0.10, 0.10),
+    green=(0.10, 0.75, 0.20),
+    blue=(0.15, 0.35, 1.00),
+    yellow=(1.00, 0.90, 0.10),
+    purple=(0.60, 0.20, 0.85),
+    orange=(1.00, 0.55, 0.00),
+    cyan=(0.10, 0.90, 0.95),
+)
+BACKGROUND = (0.2, 0.2, 0.2)  # dark grey, darker than every colour above
+SIZES = ("small", "large")
+SIZE_RADIUS = (0.25, 0.40)  # radius / half-width in cell widths: small ~0.5, large ~0.8 of the cell
+NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+POSITIONS = ("top left", "top right", "bottom left", "bottom right")
+SPLITS = ("train", "val", "test")
+SPLIT_PERCENT = {"train": (0, 80), "val": (80, 90), "test": (90, 100)}  # [low, high) of hash % 100
+QUESTION_KINDS = ("count", "color", "shape", "position", "exists")
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    min_objects: int = 1
+    max_objects: int = 4
+    grid: int = 2
+    continuous: bool = False  # False: centred in the cell; True: jittered, still inside the cell
+    shapes: tuple = SHAPES
+    colors: tuple = tuple(COLORS)
+
+    def __post_init__(self):
+        if not isinstance(self.grid, int) or self.grid < 2 or self.grid % 2 or self.grid > 16:
+            raise ValueError(f"grid must be an even int in [2, 16] (cells split into quadrants), got {self.grid!r}")
+        if not isinstance(self.min_objects, int) or not isinstance(self.max_objects, int):
+            raise ValueError(f"min_objects and max_objects must be ints, got {self.min_objects!r}, {self.max_objects!r}")
+        most = min(self.grid**2, len(NUMBER_WORDS) - 1)
+        if not 1 <= self.min_objects <= self.max_objects <= most:
+            raise ValueError(f"need 1 <= min_objects <= max_objects <= {most} (grid={self.grid}), "
+                             f"got min_objects={self.min_objects}, max_objects={self.max_objects}")
+        for name, allowed in (("shapes", SHAPES), ("colors", tuple(COLORS))):
+            values = tuple(getattr(self, name))
+            if not values or len(set(values)) != len(values) or not set(values) <= set(allowed):
+                raise ValueError(f"{name} must be distinct names from {allowed}, got {values!r}")
+            object.__setattr__(self, name, values)
+
+
+@dataclass
+class SceneBatch:
+    """B scenes of N object slots. Attributes index the global SHAPES / COLORS / SIZES."""
+    shape: torch.Tensor    # (B, N) long
+    color: torch.Tensor    # (B, N) long
+    size: torch.Tensor     # (B, N) long
+    x: torch.Tensor        # (B, N) float, object centre in [0, 1], left to right
+    y: torch.Tensor        # (B, N) float, object centre in [0, 1], top to bottom
+    cell: torch.Tensor     # (B, N) long, row * grid + col
+    present: torch.Tensor  # (B, N) bool, slot holds an object
+    config: WorldConfig
+
+    def _tensors(self):
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "config"}
+
+    def __len__(self):
+        return self.shape.shape[0]
+
+    def to(self, device):
+        return SceneBatch(**{k: v.to(device) for k, v in self._tensors().items()}, config=self.config)
+
+    def __getitem__(self, index):
+        if isinstance(index, numbers.Integral):  # keep the batch dimension: scenes[i] is a batch of one
+            if not -len(self) <= index < len(self):
+                raise IndexError(f"scene index {index} out of range for {len(self)} scenes")
+            index = slice(index, index + 1 or None)
+        return SceneBatch(**{k: v[index] for k, v in self._tensors().items()}, config=self.config)
+
+    @property
+    def count(self):
+        return self.present.sum(1)  # (B,)
+
+    def objects(self, i):
+        """Scene i as plain dicts, one per present object, in slot order."""
+        columns = [t[i].tolist() for t in (self.shape, self.color, self.size, self.x, self.y, self.cell, self.present)]
+        names = tuple(COLORS)
+        return [{"shape": SHAPES[s], "color": names[c], "size": SIZES[z], "position": position_word(x, y),
+                 "x": x, "y": y, "cell": cell} for s, c, z, x, y, cell, p in zip(*columns) if p]
+
+
+def concat_scenes(batches):
+    tensors = [b._tensors() for b in batches]
+    return SceneBatch(**{k: torch.cat([t[k] for t in tensors]) for k in tensors[0]}, config=batches[0].config)
+
+
+def scenes_from_objects(scenes, config=WorldConfig()):
+    """Build a SceneBatch by hand: a list of scenes, each a list of {"shape", "color", "size", "cell"}
+    dicts (names as strings; optional "x", "y", default the cell centre)."""
+    B, N, G = len(scenes), max([config.max_objects, *map(len, scenes)]), config.grid
+    rows = {k: torch.zeros(B, N, dtype=torch.long) for k in ("shape", "color", "size", "cell")}
+    x, y, present = torch.zeros(B, N), torch.zeros(B, N), torch.zeros(B, N, dtype=torch.bool)
+    for b, objects in enumerate(scenes):
+        for n, o in enumerate(objects):
+            for key, names in (("shape", SHAPES), ("color", tuple(COLORS)), ("size", SIZES)):
+                if o[key] not in names:
+                    raise ValueError(f"{key} must be one of {names}, got {o[key]!r}")
+                rows[key][b, n] = names.index(o[key])
+            if not 0 <= o["cell"] < G * G:
+                raise ValueError(f"cell must be in [0, {G * G}) for grid={G}, got {o['cell']!r}")
+            rows["cell"][b, n], present[b, n] = o["cell"], True
+            x[b, n] = o.get("x", (o["cell"] % G + 0.5) / G)
+            y[b, n] = o.get("y", (o["cell"] // G + 0.5) / G)
+    return SceneBatch(**rows, x=x, y=y, present=present, config=config)
+
+
+def position_word(x, y):
+    return f"{'top' if y < 0.5 else 'bottom'} {'left' if x < 0.5 else 'right'}"
+
+
+# ----------------------------------------------------------------------------- sampling
+
+def _sample_any(batch_size, config, generator, device):
+    B, N, G = batch_size, config.max_objects, config.grid
+    kw = dict(generator=generator, device=device)
+    count = torch.randint(config.min_objects, config.max_objects + 1, (B,), **kw)
+    present = torch.arange(N, device=device) < count[:, None]
+    cell = torch.rand(B, G * G, **kw).argsort(1)[:, :N]  # a random permutation: distinct cells
+    shape_ids = torch.tensor([SHAPES.index(s) for s in config.shapes], device=device)
+    color_ids = torch.tensor([tuple(COLORS).index(c) for c in config.colors], device=device)
+    shape = shape_ids[torch.randint(len(shape_ids), (B, N), **kw)]
+    color = color_ids[torch.randint(len(color_ids), (B, N), **kw)]
+    size = torch.randint(len(SIZES), (B, N), **kw)
+    x = ((cell % G).float() + 0.5) / G
+    y = ((cell // G).float() + 0.5) / G
+    if config.continuous:  # move the centre so the whole object stays inside its cell
+        slack = (0.5 - torch.tensor(SIZE_RADIUS, device=device)[size]) / G
+        x = x + (2 * torch.rand(B, N, **kw) - 1) * slack
+        y = y + (2 * torch.rand(B, N, **kw) - 1) * slack
+    # empty slots hold zeros, so two equal scenes are equal tensors
+    keep = lambda t: torch.where(present, t, torch.zeros((), dtype=t.dtype, device=device))
+    return SceneBatch(keep(shape), keep(color), keep(size), keep(x), keep(y), keep(cell), present, config)
+
+
+def sample_scenes(batch_size, config=WorldConfig(), *, generator=None, device="cpu", split=None):
+    """Draw `batch_size` random scenes; with `split`, only scenes whose hash falls in that split."""
+    if not isinstance(batch_size, int) or batch_size < 0:
+        raise ValueError(f"batch_size must be an int >= 0, got {batch_size!r}")
+    if not isinstance(config, WorldConfig):
+        raise ValueError(f"config must be a WorldConfig, got {type(config).__name__}")
+    if split is None:
+        return _sample_any(batch_size, config, generator, device)
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS} or None, got {split!r}")
+    low, high = SPLIT_PERCENT[split]
+    kept, have = [], 0
+    for _ in range(1000):
+        if have >= batch_size and kept:
+            return concat_scenes(kept)[:batch_size]
+        # rejection sampling: draw more than needed, keep the scenes that belong to this split
+        candidates = _sample_any(int((batch_size - have) * 100 / (high - low) * 1.2) + 16, config, generator, device)
+        percent = scene_hash(candidates) % 100
+        candidates = candidates[(percent >= low) & (percent < high)]
+        kept.append(candidates)
+        have += len(candidates)
+    raise ValueError(f"split {split!r} gets (almost) no scenes of this tiny world {config}: use a larger world")
+
+
+M31 = 0x7FFFFFFF
+
+
+def _mix(h):
+    """Scramble non-negative int64 values (< 2**62) into 31 bits; every product fits in int64."""
+    h = (h ^ (h >> 31)) & M31
+    h = ((h ^ (h >> 15)) * 0x2C1B3C6D) & M31
+    h = ((h ^ (h >> 12)) * 0x297A2D39) & M31
+    return h ^ (h >> 15)
+
+
+def scene_hash(scenes):
+    """(B,) int64 in [0, 2**31): a hash of each scene's content, independent of slot order."""
+    quantise = lambda v: torch.round(v * 1024).long()  # positions to 1/1024
+    key = scenes.shape
+    for value, base in ((scenes.color, 16), (scenes.size, 4), (scenes.cell, 256),
+                        (quantise(scenes.x), 1025), (quantise(scenes.y), 1025)):
+        key = key * base + value
+    per_object = torch.where(scenes.present, _mix(key), 0)
+    return _mix(per_object.sum(1) + scenes.count * 0x3C6EF372)
+
+
+def scene_split(scenes):
+    """(B,) long: index into SPLITS of each scene's split."""
+    percent = scene_hash(scenes) % 100
+    return (percent >= SPLIT_PERCENT["val"][0]).long() + (percent >= SPLIT_PERCENT["test"][0]).long()
+
+
+# ----------------------------------------------------------------------------- rendering
+
+def render(scenes, image_size=32, *, device=None):
+    """Paint scenes into (B, 3, H, W) float32 images in [0, 1], H = W = image_size."""
+    if not isinstance(image_size, int) or image_size < 1:
+        raise ValueError(f"image_size must be a positive int, got {image_size!r}")
+    if device is not None:
+        scenes = scenes.to(device)
+    device = scenes.x.device
+    B, N, S = *scenes.shape.shape, image_size
+    pixels = (torch.arange(S, device=device, dtype=torch.float32) + 0.5) / S  # pixel centres in [0, 1]
+    dx = pixels - scenes.x[..., None]  # (B, N, W)
+    dy = pixels - scenes.y[..., None]  # (B, N, H)
+    r = torch.tensor(SIZE_RADIUS, device=device)[scenes.size][..., None] / scenes.config.grid  # (B, N, 1)
+    # Every shape is "x_term(dx) + y_term(dy) <= 0": per-shape maths runs on these small
+    # (B, N, W) and (B, N, H) tensors, and each slot's (B, H, W) mask is a single broadcast
+    # compare x_term <= -y_term. Adding `far` rules a pixel out.
+    far = 8.0
+    shape = scenes.shape[..., None]
+    circle, square = SHAPES.index("circle"), SHAPES.index("square")
+    x_term = torch.where(shape == circle, dx * dx,                    # dx² + dy² <= r²
+             torch.where(shape == square, far * (dx.abs() > r),       # |dx| <= r and |dy| <= r
+                         2 * dx.abs()))                               # upward triangle: 2|dx| <= dy + r, dy <= r
+    y_term = torch.where(shape == circle, dy * dy - r * r,
+             torch.where(shape == square, far * (dy.abs() > r),
+                         far * (dy > r) - dy - r))
+    y_term = y_term + far * ~scenes.present[..., None]
+    # Paint slot after slot, so a later slot covers an earlier one if objects ever overlap.
+    owner = torch.zeros(B, S, S, dtype=torch.uint8, device=device)  # 0 = background, n + 1 = slot n
+    for n in range(N):
+        owner.masked_fill_(x_term[:, n, None, :] <= -y_term[:, n, :, None], n + 1)  # (B, H, W) mask
+    colors = torch.tensor([BACKGROUND, *COLORS.values()], device=device)  # (1 + num colors, 3)
+    palette = colors[torch.cat([torch.full_like(scenes.color[:, :1], -1), scenes.color], 1) + 1]  # (B, 1+N, 3)
+    images = palette.transpose(1, 2).gather(2, owner.view(B, 1, S * S).long().expand(B, 3, S * S))  # (B, 3, H*W)
+    return images.view(B, 3, S, S)
+
+
+# ----------------------------------------------------------------------------- text
+
+class QA(NamedTuple):
+    question: str
+    answer: str
+    kind: str
+
+
+def caption(scenes, i, *, rng=None):
+    """'a small red circle at the top left and a large blue square at the bottom right .'"""
+    objects = scenes.objects(i)
+    if rng is None:
+        objects.sort(key=lambda o: o["cell"])  # reading order
+    else:
+        rng.shuffle(objects)
+    phrases = [f"a {o['size']} {o['color']} {o['shape']} at the {o['position']}" for o in objects]
+    text = phrases[-1] if len(phrases) < 2 else " , ".join(phrases[:-1]) + " and " + phrases[-1]
+    return text + " ."
+
+
+def _article(word):
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def _referents(objects, keys):
+    """[(object, where)] for objects named uniquely by `keys`, or by `keys` plus their position."""
+    found = []
+    for o in objects:
+        same = [p for p in objects if all(p[k] == o[k] for k in keys)]
+        if len(same) == 1:
+            found.append((o, ""))
+        elif sum(p["position"] == o["position"] for p in same) == 1:
+            found.append((o, f" at the {o['position']}"))
+    return found
+
+
+def sample_qa(scenes, i, kind, *, rng):
+    """One random question of `kind` about scene i, or None if no template has a unique answer."""
+    objects, config = scenes.objects(i), scenes.config
+    if kind == "count":
+        template = rng.randrange(3)
+        ask_present = objects and rng.random() < 0.5  # else most colour / shape counts would be "zero"
+        if template == 0:
+            return QA("how many shapes are there ?", NUMBER_WORDS[len(objects)], kind)
+        if template == 1:
+            color = rng.choice(objects)["color"] if ask_present else rng.choice(config.colors)
+            n = sum(o["color"] == color for o in objects)
+            return QA(f"how many {color} shapes are there ?", NUMBER_WORDS[n], kind)
+        shape = rng.choice(objects)["shape"] if ask_present else rng.choice(config.shapes)
+        n = sum(o["shape"] == shape for o in objects)
+        return QA(f"how many {PLURALS[shape]} are there ?", NUMBER_WORDS[n], kind)
+    if kind == "color":
+        choices = _referents(objects, ["shape"])
+        if choices:
+            o, where = rng.choice(choices)
+            return QA(f"what color is the {o['shape']}{where} ?", o["color"], kind)
+        return None
+    if kind == "shape":
+        choices = _referents(objects, ["color"])
+        if choices:
+            o, where = rng.choice(choices)
+            return QA(f"what shape is the {o['color']} object{where} ?", o["shape"], kind)
+        return None
+    if kind == "position":
+        choices = [o for o, where in _referents(objects, ["color", "shape"]) if not where]
+        if choices:
+            o = rng.choice(choices)
+            return QA(f"where is the {o['color']} {o['shape']} ?", o["position"], kind)
+        return None
+    if kind == "exists":
+        present = {(o["color"], o["shape"]) for o in objects}
+        absent = [(c, s) for c in config.colors for s in config.shapes if (c, s) not in present]
+        answer = "no" if absent and rng.random() < 0.5 else "yes"
+        color, shape = rng.choice(absent if answer == "no" else sorted(present))
+        return QA(f"is there {_article(color)} {color} {shape} ?", answer, kind)
+    raise ValueError(f"kind must be one of {QUESTION_KINDS}, got {kind!r}")
+
+
+def questions(scenes, i, *, rng=None, kinds=QUESTION_KINDS):
+    """One question per kind in `kinds` (skipping kinds with no unique answer) about scene i.
+
+    Without `rng` the questions are seeded by the scene's hash: the same scene, the same questions.
+    """
+    if rng is None:
+        rng = random.Random(int(scene_hash(scenes[i])[0]))
+    return [qa for kind in kinds if (qa := sample_qa(scenes, i, kind, rng=rng)) is not None]
+
+
+def classification_labels(scenes, task):
+    """(B,) long labels: 'count' (number of objects), or 'color' / 'shape' / 'size' of the first object."""
+    if task == "count":
+        return scenes.count
+    if task in ("color", "shape", "size"):
+        return getattr(scenes, task)[:, 0].clone()
+    raise ValueError(f"task must be 'count', 'color', 'shape' or 'size', got {task!r}")
+
+
+def world_vocabulary():
+    """Every word a caption, question or answer can contain, in grammar order."""
+    words = [*NUMBER_WORDS, *COLORS, *SHAPES, *PLURALS.values(), *SIZES]
+    words += [w for p in POSITIONS for w in p.split()]
+    words += "a an at the and , . ? how many shapes are there what color is shape object where yes no".split()
+    return list(dict.fromkeys(words))
+
+
+# ----------------------------------------------------------------------------- datasets
+
+class ShapesDataset(torch.utils.data.Dataset):
+    """A fixed, seeded set of `length` scenes of one split: {"image": (3, H, W), "caption", "qa", "index"}."""
+
+    def __init__(self, split="train", length=1000, config=WorldConfig(), image_size=32, seed=0):
+        if not isinstance(length, int) or length < 1:
+            raise ValueError(f"length must be a positive int, got {length!r}")
+        self.split, self.config, self.image_size, self.seed = split, config, image_size, seed
+        self.scenes = sample_scenes(length, config, generator=torch.Generator().manual_seed(seed), split=split)
+        self.images = None
+        if length * 3 * image_size**2 * 4 <= 256 * 2**20:  # render eagerly when it fits in 256 MB
+            self.images = torch.cat([render(self.scenes[k:k + 4096], image_size) for k in range(0, length, 4096)])
+
+    def __len__(self):
+        return len(self.scenes)
+
+    def __getitem__(self, i):
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"index {i} out of range for a dataset of {len(self)} scenes")
+        i = i % len(self)
+        image = self.images[i] if self.images is not None else render(self.scenes[i], self.image_size)[0]
+        rng = random.Random(self.seed * 1_000_003 + i)
+        return {"image": image, "caption": caption(self.scenes, i),
+                "qa": questions(self.scenes, i, rng=rng), "index": i}
+
+
+def collate_examples(examples):
+    """Stack images to (B, 3, H, W); keep captions and QA lists as Python lists."""
+    return {"image": torch.stack([e["image"] for e in examples]),
+            "caption": [e["caption"] for e in examples],
+            "qa": [e["qa"] for e in examples],
+            "index": torch.tensor([e["index"] for e in examples])}
+
+
+class ShapesGenerator:
+    """An endless, seeded stream of (scenes, images (B, 3, H, W)) made on `device`."""
+
+    def __init__(self, config=WorldConfig(), image_size=32, split="train", seed=0, device="cpu"):
+        if split not in (*SPLITS, None):
+            raise ValueError(f"split must be one of {SPLITS} or None, got {split!r}")
+        self.config, self.image_size, self.split, self.device = config, image_size, split, torch.device(device)
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+
+    def batch(self, batch_size):
+        scenes = sample_scenes(batch_size, self.config, generator=self.generator, device=self.device, split=self.split)
+        return scenes, render(scenes, self.image_size)
+
+    def state_dict(self):
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state):
+        self.generator.set_state(state["generator"])
