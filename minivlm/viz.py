@@ -1,0 +1,75 @@
+"""Plotting helpers the chapters share: image grids, training curves, attention overlays. No model imports."""
+
+import matplotlib.pyplot as plt
+import torch
+import torch.nn.functional as F
+
+
+def _to_numpy_image(image):
+    """(3, H, W) tensor in [0, 1] -> (H, W, 3) array for imshow."""
+    return image.detach().float().cpu().clamp(0, 1).permute(1, 2, 0).numpy()
+
+
+def show_images(images, titles=None, ncols=8, size=2.0, colors=None):
+    """A grid of (B, 3, H, W) images in [0, 1], each with an optional title (and title colour)."""
+    count = len(images)
+    ncols = max(1, min(ncols, count))
+    nrows = (count + ncols - 1) // ncols
+    figure, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, (size + 0.4 * bool(titles)) * nrows),
+                                squeeze=False)
+    for k, axis in enumerate(axes.flat):
+        axis.axis("off")
+        if k < count:
+            axis.imshow(_to_numpy_image(images[k]), interpolation="nearest")
+            if titles is not None:
+                axis.set_title(titles[k], fontsize=8, color="black" if colors is None else colors[k])
+    figure.tight_layout()
+    return figure
+
+
+def plot_history(history, metric=None, smooth=10):
+    """Training loss (raw, light; moving average, dark; log scale) and an eval metric on a second axis."""
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    steps, losses = history["step"], torch.tensor(history["loss"], dtype=torch.float64)
+    axis.plot(steps, losses.tolist(), color="tab:blue", alpha=0.3)
+    if len(losses) >= smooth:
+        kernel = torch.ones(1, 1, smooth, dtype=torch.float64) / smooth
+        average = F.conv1d(losses[None, None], kernel)[0, 0]
+        axis.plot(steps[smooth - 1:], average.tolist(), color="tab:blue")
+    axis.set_yscale("log")
+    axis.set_xlabel("step")
+    axis.set_ylabel("loss")
+    axis.grid(alpha=0.3)
+    evals = [e for e in history.get("eval", []) if metric is not None and metric in e]
+    if evals:
+        second = axis.twinx()
+        second.plot([e["step"] for e in evals], [e[metric] for e in evals], "o-", color="tab:orange")
+        second.set_ylabel(metric, color="tab:orange")
+        second.set_ylim(0, 1.05)
+    figure.tight_layout()
+    return figure
+
+
+def overlay_attention(axis, image, attention, alpha=0.6, cmap="inferno"):
+    """Draw image (3, H, W) and, on top, an attention map (h, w) upsampled to the image size."""
+    H, W = image.shape[-2:]
+    attention = attention.detach().float().cpu()
+    attention = (attention - attention.min()) / (attention.max() - attention.min() + 1e-8)
+    upsampled = F.interpolate(attention[None, None], size=(H, W), mode="nearest")[0, 0]
+    axis.imshow(_to_numpy_image(image), interpolation="nearest")
+    axis.imshow(upsampled.numpy(), cmap=cmap, alpha=alpha, interpolation="nearest")
+    axis.axis("off")
+
+
+def draw_patch_grid(image, patch_size, axis=None, color="white"):
+    """Show image (3, H, W) with lines between its patch_size × patch_size patches."""
+    if axis is None:
+        _, axis = plt.subplots(figsize=(3, 3))
+    H, W = image.shape[-2:]
+    axis.imshow(_to_numpy_image(image), interpolation="nearest")
+    for x in range(patch_size, W, patch_size):
+        axis.axvline(x - 0.5, color=color, linewidth=0.8)
+    for y in range(patch_size, H, patch_size):
+        axis.axhline(y - 0.5, color=color, linewidth=0.8)
+    axis.axis("off")
+    return axis
