@@ -1,0 +1,228 @@
+"""LLaVA (Liu et al. 2023, "Visual Instruction Tuning"): a ViT, a projector and a decoder LM.
+
+    images (B_img, 3, H, W) -> ViT -> patch tokens (B_img, N, Dv)
+        -> projector -> visual tokens (B_img, T, Dt)     T = N, or N/r² with InternVL's unshuffle
+    chat text  "<bos> <user> <image> how many circles are there ? <assistant> two <eos>"
+        -> ids (B, L); the one <image> id of each row is replaced by its image's T visual
+        tokens -> embeddings (B, L - 1 + T, Dt) -> language model -> logits over words
+
+The loss covers the answer tokens only (labels are -100 on the prompt and the image), so
+the model learns to answer, not to predict questions. Each row names its image through
+`image_index` (B,), so one encoded image can serve several questions in a batch.
+
+`prefix="bidirectional"` lets the image and question tokens (everything up to and including
+`<assistant>`) attend to each other in both directions, a prefix-LM (as in PaliGemma); the
+answer stays causal. `prefix="causal"` is the plain LLaVA decoder.
+
+Training in stages, as in LLaVA: stage 1 trains the projector alone (ViT and LM frozen) to
+align visual tokens with word embeddings; stage 2 also unfreezes the LM. From scratch, on
+the Shapes world, everything trains at once (stage "all").
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from ..lm import IGNORE_INDEX, LanguageModel, LMConfig
+from ..projector import PROJECTORS, build_projector
+from ..vit import ViT, ViTConfig
+
+STAGES = (1, 2, "all")
+
+
+@dataclass
+class LlavaConfig:
+    vocab_size: int = 58                 # len(data.Tokenizer())
+    image_size: int = 32
+    patch_size: int = 4
+    vision_dim: int = 64
+    vision_depth: int = 2
+    vision_heads: int = 4
+    vision_positions: str = "sincos"
+    projector: str = "unshuffle"         # "linear", "mlp" or "unshuffle"
+    unshuffle_factor: int = 2
+    text_dim: int = 64
+    text_depth: int = 2
+    text_heads: int = 4
+    max_seq_len: int = 128
+    prefix: str = "bidirectional"        # attention over image + question: or "causal"
+    image_token_id: int = 3              # data.Tokenizer().image_id
+    assistant_token_id: int = 6          # data.Tokenizer().assistant_id
+    eos_token_id: int = 2                # data.Tokenizer().eos_id
+    pixel_mean: tuple = (0.27, 0.27, 0.25)   # per-channel statistics of Shapes images, used to
+    pixel_std: tuple = (0.22, 0.19, 0.21)    # standardise them (as CLIP's image processor does)
+
+    def __post_init__(self):
+        if self.projector not in PROJECTORS:
+            raise ValueError(f"projector must be one of {PROJECTORS}, got {self.projector!r}")
+        if self.prefix not in ("bidirectional", "causal"):
+            raise ValueError(f"prefix must be 'bidirectional' or 'causal', got {self.prefix!r}")
+        grid = self.vision_config().grid_size
+        if self.projector == "unshuffle" and grid % self.unshuffle_factor:
+            raise ValueError(f"the {grid}x{grid} patch grid is not divisible by unshuffle_factor="
+                             f"{self.unshuffle_factor}")
+
+    def vision_config(self):
+        return ViTConfig(image_size=self.image_size, patch_size=self.patch_size, dim=self.vision_dim,
+                         depth=self.vision_depth, heads=self.vision_heads, positions=self.vision_positions)
+
+    def lm_config(self):
+        return LMConfig(vocab_size=self.vocab_size, dim=self.text_dim, depth=self.text_depth,
+                        heads=self.text_heads, max_seq_len=self.max_seq_len)
+
+    @property
+    def num_visual_tokens(self):
+        patches = self.vision_config().grid_size ** 2
+        return patches // self.unshuffle_factor ** 2 if self.projector == "unshuffle" else patches
+
+
+def chat_prompt(question):
+    """The chat template around one question; the tokenizer adds <bos>."""
+    return f"<user> <image> {question} <assistant>"
+
+
+def encode_chat(tokenizer, questions, answers=None, *, padding_side="right"):
+    """Questions (and answers) -> {"input_ids", "attention_mask", "labels"}, each (B, L).
+
+    labels are the answer and <eos> (or -100 everywhere without answers). Train and score
+    right-padded; generate from left-padded prompts (answers=None, padding_side="left").
+    """
+    if answers is not None and len(answers) != len(questions):
+        raise ValueError(f"got {len(questions)} questions but {len(answers)} answers")
+    texts = [chat_prompt(q) if answers is None else f"{chat_prompt(q)} {a}" for q, a in
+             zip(questions, answers if answers is not None else questions)]
+    ids, mask = tokenizer.batch_encode(texts, add_bos=True, add_eos=answers is not None, padding_side=padding_side)
+    is_assistant = ids == tokenizer.assistant_id
+    after_prompt = (is_assistant.long().cumsum(1) - is_assistant.long()) > 0
+    labels = ids.masked_fill(~(after_prompt & mask), IGNORE_INDEX)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+class Llava(nn.Module):
+    """forward(images, input_ids, ...) -> (logits (B, L - 1 + T, V), loss or None)."""
+
+    def __init__(self, config: LlavaConfig = None):
+        super().__init__()
+        c = self.config = config or LlavaConfig()
+        self.vision = ViT(c.vision_config())
+        self.projector = build_projector(c.projector, c.vision_dim, c.text_dim, c.unshuffle_factor)
+        self.lm = LanguageModel(c.lm_config())
+
+    def encode_images(self, images):
+        """(B_img, 3, H, W) -> visual tokens in the LM's space (B_img, T, Dt)."""
+        c = self.config
+        if images.dim() != 4 or tuple(images.shape[1:]) != (3, c.image_size, c.image_size):
+            raise ValueError(f"images must be (B, 3, {c.image_size}, {c.image_size}) for this model, "
+                             f"got {tuple(images.shape)}")
+        mean = torch.tensor(c.pixel_mean, device=images.device, dtype=images.dtype)[:, None, None]
+        std = torch.tensor(c.pixel_std, device=images.device, dtype=images.dtype)[:, None, None]
+        patch_tokens, _ = self.vision((images - mean) / std)
+        return self.projector(patch_tokens)
+
+    def merge_image_tokens(self, input_ids, image_embeds, attention_mask=None, labels=None, image_index=None):
+        """Replace each row's <image> id by its image's T visual tokens.
+
+        input_ids (B, L) with exactly one <image> per row; image_embeds (B_img, T, D);
+        image_index (B,) the image of each row (default: row b asks about image b).
+        Returns embeddings (B, S, D), attention_mask (B, S), labels (B, S) or None, and the
+        prefix mask (B, S), True up to and including <assistant>; S = L - 1 + T.
+        """
+        c = self.config
+        B, L = input_ids.shape
+        T = image_embeds.shape[1]
+        is_image = input_ids == c.image_token_id
+        if not (is_image.sum(1) == 1).all():
+            bad = int((is_image.sum(1) != 1).nonzero()[0, 0])
+            raise ValueError(f"every prompt needs exactly one <image> placeholder (id {c.image_token_id}); "
+                             f"row {bad} of input_ids has {int(is_image[bad].sum())}")
+        if image_index is None:
+            if image_embeds.shape[0] != B:
+                raise ValueError(f"got {image_embeds.shape[0]} images for {B} prompts: pass image_index (B,)")
+            image_index = torch.arange(B, device=input_ids.device)
+        elif image_index.shape != (B,) or image_index.min() < 0 or image_index.max() >= image_embeds.shape[0]:
+            raise ValueError(f"image_index must be (B,) = ({B},) with values in [0, {image_embeds.shape[0]})")
+        image_embeds = image_embeds[image_index]                                   # (B, T, D)
+
+        # Output position s takes text token s before the image, visual token s - p inside it,
+        # and text token s - T + 1 after it (p = the <image> position of the row).
+        image_at = is_image.int().argmax(1)[:, None]                              # (B, 1)
+        s = torch.arange(L - 1 + T, device=input_ids.device)[None]                # (1, S)
+        offset = s - image_at                                                     # (B, S)
+        is_visual = (offset >= 0) & (offset < T)
+        text_source = torch.where(offset < 0, s, s - T + 1).clamp(0, L - 1)       # (B, S)
+        text = self.lm.embed(input_ids)
+        table = torch.cat([text, image_embeds], dim=1)                           # (B, L + T, D)
+        source = torch.where(is_visual, L + offset, text_source)
+        embeds = table.gather(1, source[..., None].expand(-1, -1, table.shape[-1]))
+
+        if attention_mask is not None:
+            attention_mask = attention_mask.bool().gather(1, text_source) | is_visual
+        if labels is not None:
+            labels = labels.gather(1, text_source).masked_fill(is_visual, IGNORE_INDEX)
+        ids = input_ids.gather(1, text_source).masked_fill(is_visual, c.image_token_id)
+        is_assistant = ids == c.assistant_token_id
+        if not is_assistant.any(1).all():
+            raise ValueError(f"every prompt needs an <assistant> token (id {c.assistant_token_id}) that "
+                             f"ends the prompt: see chat_prompt()")
+        prefix = (is_assistant.long().cumsum(1) - is_assistant.long()) == 0
+        return embeds, attention_mask, labels, prefix
+
+    def prefix_attention(self, prefix):
+        """(B, S, S) bool: causal, plus image and question tokens seeing each other."""
+        S = prefix.shape[1]
+        causal = torch.ones(S, S, dtype=torch.bool, device=prefix.device).tril()
+        if self.config.prefix == "causal":
+            return causal.expand(prefix.shape[0], S, S)
+        return causal | (prefix[:, :, None] & prefix[:, None, :])
+
+    def forward(self, images, input_ids, attention_mask=None, labels=None, image_index=None):
+        """images (B_img, 3, H, W); input_ids, attention_mask, labels (B, L); image_index (B,)."""
+        embeds, attention_mask, labels, prefix = self.merge_image_tokens(
+            input_ids, self.encode_images(images), attention_mask, labels, image_index)
+        return self.lm(inputs_embeds=embeds, labels=labels, attention_mask=attention_mask,
+                       attn_mask=self.prefix_attention(prefix))
+
+    @torch.no_grad()
+    def generate(self, images, input_ids, attention_mask=None, image_index=None, max_new_tokens=4, **sampling):
+        """Answer left-padded prompts with the LM's KV-cached generation: new ids (B, T_new)."""
+        if attention_mask is not None and not attention_mask[:, -1].all():
+            raise ValueError("prompts must be left-padded for generation (encode_chat(..., padding_side='left'))")
+        embeds, attention_mask, _, prefix = self.merge_image_tokens(
+            input_ids, self.encode_images(images), attention_mask, None, image_index)
+        return self.lm.generate(inputs_embeds=embeds, attention_mask=attention_mask,
+                                attn_mask=self.prefix_attention(prefix), max_new_tokens=max_new_tokens,
+                                eos_id=self.config.eos_token_id, **sampling)
+
+    def set_stage(self, stage):
+        """Which parts train: 1 = the projector alone, 2 = projector and LM, "all" = everything."""
+        if stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+        self.vision.requires_grad_(stage == "all")
+        self.projector.requires_grad_(True)
+        self.lm.requires_grad_(stage != 1)
+        return self
+
+    def load_vision_tower(self, vit):
+        """Initialise the ViT from another one with the same shape, e.g. a CLIP image tower (ch. 03)."""
+        try:
+            self.vision.load_state_dict(vit.state_dict())
+        except RuntimeError as error:
+            raise ValueError(f"the vision tower does not fit this model's ViT {self.config.vision_config()}: "
+                             f"{str(error).splitlines()[0]}") from None
+        return self
+
+
+@torch.no_grad()
+def answer_questions(model, tokenizer, images, questions, image_index=None, max_new_tokens=4):
+    """Greedy answers (list of str) to `questions` about `images`, generated with the KV cache."""
+    device = next(model.parameters()).device
+    batch = encode_chat(tokenizer, questions, padding_side="left")
+    new = model.generate(images.to(device), batch["input_ids"].to(device), batch["attention_mask"].to(device),
+                         None if image_index is None else image_index.to(device), max_new_tokens)
+    answers = []
+    for row in new.tolist():
+        row = row[:row.index(tokenizer.eos_id)] if tokenizer.eos_id in row else row
+        answers.append(tokenizer.decode(row))
+    return answers
+
