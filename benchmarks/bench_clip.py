@@ -8,27 +8,15 @@ Ratios are measured in one run, so they hold on a busy machine better than the a
 """
 
 import argparse
-import time
 
 import torch
+from timing import seconds_per_call, train_step
 
 from minivlm import contrastive
 from minivlm.data import Tokenizer, WorldConfig, caption, render, sample_scenes
 from minivlm.models.clip import CLIP, CLIPConfig
 from minivlm.train import pick_device
 from minivlm.vit import ViTConfig
-
-
-def timed(fn, repeats, device):
-    fn()                                                   # warm-up
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    started = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - started) / repeats
 
 
 def main():
@@ -52,23 +40,17 @@ def main():
             model = CLIP(CLIPConfig(vision=vision, vocab_size=tokenizer.vocab_size, text_dim=args.dim,
                                     text_depth=args.depth, text_heads=4, text_causal=False, text_pool="mean",
                                     embed_dim=args.dim, loss=loss_type)).to(device)
-            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-
-            def step():
-                loss = contrastive.contrastive_loss(*model(*batch))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-
-            seconds = timed(step, args.repeats, device)
+            step = train_step(model, lambda m: contrastive.contrastive_loss(*m(*batch)), device)
+            seconds = seconds_per_call(step, args.repeats, device, warmup=1)
             print(f"{batch_size:>6} {loss_type:>7} {1000 * seconds:>10.1f} {1000 * seconds / batch_size:>10.3f}")
 
     print(f"\nthe losses alone, forward + backward, E = 64\n{'B':>6} {'clip ms':>9} {'siglip ms':>10} {'ratio':>7}")
     for B in (256, 1024, 4096):
         images = torch.randn(B, 64, device=device, requires_grad=True)
         texts = torch.randn(B, 64, device=device, requires_grad=True)
-        clip_s = timed(lambda: contrastive.clip_loss(images, texts, 10.0).backward(), args.repeats, device)
-        siglip_s = timed(lambda: contrastive.siglip_loss(images, texts, 10.0, -10.0).backward(), args.repeats, device)
+        clip_s = seconds_per_call(lambda: contrastive.clip_loss(images, texts, 10.0).backward(), args.repeats, device, 1)
+        siglip_s = seconds_per_call(lambda: contrastive.siglip_loss(images, texts, 10.0, -10.0).backward(),
+                                    args.repeats, device, 1)
         print(f"{B:>6} {1000 * clip_s:>9.2f} {1000 * siglip_s:>10.2f} {siglip_s / clip_s:>7.2f}")
 
 

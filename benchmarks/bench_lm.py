@@ -13,18 +13,17 @@ import argparse
 import time
 
 import torch
+from timing import synchronize
 
 from minivlm.lm import LanguageModel, LMConfig
 from minivlm.train import pick_device
 
 
 def timed_generate(model, prompts, new_tokens, use_cache):
-    if prompts.device.type == "cuda":
-        torch.cuda.synchronize()
+    synchronize(prompts.device)
     start = time.perf_counter()
     tokens = model.generate(prompts, new_tokens, use_cache=use_cache)
-    if prompts.device.type == "cuda":
-        torch.cuda.synchronize()
+    synchronize(prompts.device)
     return time.perf_counter() - start, tokens
 
 

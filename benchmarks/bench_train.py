@@ -8,38 +8,16 @@ adds bf16 autocast and bf16 + torch.compile rows.
 """
 
 import argparse
-import time
 
 import torch
 import torch.nn.functional as F
+from timing import seconds_per_call, train_step
 
 from minivlm.data.shapes import ShapesGenerator, WorldConfig, classification_labels
 from minivlm.train import pick_device
 from minivlm.vit import ViTClassifier, ViTConfig
 
 SIZES = {"tiny": dict(dim=64, depth=2, heads=4), "small": dict(dim=128, depth=4, heads=4)}
-
-
-def time_steps(model, images, labels, steps, amp, device):
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-
-    def step():
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            loss = F.cross_entropy(model(images), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    for _ in range(3):                                # warm-up (and compilation)
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    started = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - started) / steps
 
 
 def main():
@@ -64,7 +42,8 @@ def main():
                 model = ViTClassifier(ViTConfig(image_size=32, patch_size=4, **dims), 5).to(device)
                 if compiled:
                     model = torch.compile(model)
-                seconds = time_steps(model, images, labels, args.steps, amp, device)
+                step = train_step(model, lambda m: F.cross_entropy(m(images), labels), device, amp)
+                seconds = seconds_per_call(step, args.steps, device)
                 baseline = baseline or seconds
                 print(f"{size:>6} {batch_size:>6} {name:>13} {1000 * seconds:>9.1f} "
                       f"{batch_size / seconds:>10.0f} {baseline / seconds:>7.2f}x")

@@ -15,8 +15,14 @@ the model learns to answer, not to predict questions. Each row names its image t
 answer stays causal. `prefix="causal"` is the plain LLaVA decoder.
 
 Training in stages, as in LLaVA: stage 1 trains the projector alone (ViT and LM frozen) to
-align visual tokens with word embeddings; stage 2 also unfreezes the LM. From scratch, on
-the Shapes world, everything trains at once (stage "all").
+align visual tokens with word embeddings; stage 2 also unfreezes the LM (the ViT, from CLIP,
+stays frozen); stage "all" trains everything.
+
+Two details matter at toy scale. Images are standardised per channel before the ViT
+(`normalize`, as CLIP's image processor does): raw Shapes images are mostly background, and
+their content would otherwise drown under the ViT's position features. And the LM's input and
+output embeddings are untied by default: the same words ("circle", "red") are what a question
+looks for and what an answer says, and one matrix serving both learns much more slowly.
 """
 
 from dataclasses import dataclass
@@ -35,17 +41,18 @@ STAGES = (1, 2, "all")
 class LlavaConfig:
     vocab_size: int = 58                 # len(data.Tokenizer())
     image_size: int = 32
-    patch_size: int = 4
+    patch_size: int = 8                  # a 4x4 patch grid; 2x2 unshuffle: one visual token per cell
     vision_dim: int = 64
     vision_depth: int = 2
     vision_heads: int = 4
     vision_positions: str = "sincos"
     projector: str = "unshuffle"         # "linear", "mlp" or "unshuffle"
     unshuffle_factor: int = 2
-    text_dim: int = 64
+    text_dim: int = 128
     text_depth: int = 2
     text_heads: int = 4
     max_seq_len: int = 128
+    tie_embeddings: bool = False         # see the module docstring
     prefix: str = "bidirectional"        # attention over image + question: or "causal"
     image_token_id: int = 3              # data.Tokenizer().image_id
     assistant_token_id: int = 6          # data.Tokenizer().assistant_id
@@ -69,7 +76,7 @@ class LlavaConfig:
 
     def lm_config(self):
         return LMConfig(vocab_size=self.vocab_size, dim=self.text_dim, depth=self.text_depth,
-                        heads=self.text_heads, max_seq_len=self.max_seq_len)
+                        heads=self.text_heads, max_seq_len=self.max_seq_len, tie_embeddings=self.tie_embeddings)
 
     @property
     def num_visual_tokens(self):
@@ -90,8 +97,8 @@ def encode_chat(tokenizer, questions, answers=None, *, padding_side="right"):
     """
     if answers is not None and len(answers) != len(questions):
         raise ValueError(f"got {len(questions)} questions but {len(answers)} answers")
-    texts = [chat_prompt(q) if answers is None else f"{chat_prompt(q)} {a}" for q, a in
-             zip(questions, answers if answers is not None else questions)]
+    prompts = [chat_prompt(q) for q in questions]
+    texts = prompts if answers is None else [f"{p} {a}" for p, a in zip(prompts, answers)]
     ids, mask = tokenizer.batch_encode(texts, add_bos=True, add_eos=answers is not None, padding_side=padding_side)
     is_assistant = ids == tokenizer.assistant_id
     after_prompt = (is_assistant.long().cumsum(1) - is_assistant.long()) > 0
@@ -109,15 +116,19 @@ class Llava(nn.Module):
         self.projector = build_projector(c.projector, c.vision_dim, c.text_dim, c.unshuffle_factor)
         self.lm = LanguageModel(c.lm_config())
 
-    def encode_images(self, images):
-        """(B_img, 3, H, W) -> visual tokens in the LM's space (B_img, T, Dt)."""
+    def normalize(self, images):
+        """Images in [0, 1] -> standardised per channel, what the ViT reads (B, 3, H, W)."""
         c = self.config
         if images.dim() != 4 or tuple(images.shape[1:]) != (3, c.image_size, c.image_size):
             raise ValueError(f"images must be (B, 3, {c.image_size}, {c.image_size}) for this model, "
                              f"got {tuple(images.shape)}")
         mean = torch.tensor(c.pixel_mean, device=images.device, dtype=images.dtype)[:, None, None]
         std = torch.tensor(c.pixel_std, device=images.device, dtype=images.dtype)[:, None, None]
-        patch_tokens, _ = self.vision((images - mean) / std)
+        return (images - mean) / std
+
+    def encode_images(self, images):
+        """(B_img, 3, H, W) in [0, 1] -> visual tokens in the LM's space (B_img, T, Dt)."""
+        patch_tokens, _ = self.vision(self.normalize(images))
         return self.projector(patch_tokens)
 
     def merge_image_tokens(self, input_ids, image_embeds, attention_mask=None, labels=None, image_index=None):

@@ -1,0 +1,22 @@
+"""Every benchmark script still runs and prints its table (at the smallest settings: a smoke test, no timings checked)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+
+
+@pytest.mark.parametrize("script, args, expected", [
+    ("bench_vlm.py", ["--steps", "1", "--images", "4", "--device", "cpu"], "| cpu | unshuffle | 4 | fp32 |"),
+    ("bench_lm.py", ["--lengths", "4", "--repeats", "1", "--device", "cpu"], "True"),
+    ("bench_clip.py", ["--repeats", "1", "--device", "cpu"], "siglip"),
+    ("bench_render.py", ["--seconds", "0.01"], "render img/s"),
+])
+def test_benchmark_runs_and_prints_its_table(script, args, expected):
+    result = subprocess.run([sys.executable, os.path.join(BENCHMARKS, script), *args],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert expected in result.stdout, result.stdout
