@@ -1,5 +1,7 @@
 """Plotting helpers the chapters share: image grids, training curves, attention overlays. No model imports."""
 
+import textwrap
+
 import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
@@ -73,3 +75,14 @@ def draw_patch_grid(image, patch_size, axis=None, color="white"):
         axis.axhline(y - 0.5, color=color, linewidth=0.8)
     axis.axis("off")
     return axis
+
+
+def answer_figure(images, questions, answers, truths=None, ncols=4, size=2.6):
+    """(B, 3, H, W) images titled "question → answer"; green when right, red (with the truth) when wrong."""
+    titles, colors = [], []
+    for k, (question, answer) in enumerate(zip(questions, answers)):
+        wrong = truths is not None and answer != truths[k]
+        titles.append(textwrap.fill(question.replace(" ?", "?"), 34) + f"\n→ {answer}"
+                      + (f" (true: {truths[k]})" if wrong else ""))
+        colors.append("black" if truths is None else "tab:red" if wrong else "tab:green")
+    return show_images(images, titles, ncols=ncols, size=size, colors=colors)

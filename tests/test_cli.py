@@ -6,7 +6,7 @@ import re
 import pytest
 import torch
 
-from minivlm import cli
+from minivlm import cli, tour
 from minivlm.train import save_checkpoint
 
 ACCURACY_LINE = re.compile(r"^held-out accuracy: \d+\.\d% \(\d+ questions\) in \d+ s on cpu$")
@@ -46,7 +46,7 @@ def test_tour_prints_answers_saves_figure_and_checkpoint_and_ends_with_accuracy(
     assert sum(line.lstrip().startswith(("✓", "✗")) for line in lines) == 8
     assert figure.stat().st_size > 1000 and figure.read_bytes()[:4] == b"\x89PNG"
     state = torch.load(checkpoint, weights_only=True)
-    assert state["extra"]["kind"] == cli.CHECKPOINT_KIND and state["step"] == 3
+    assert state["extra"]["kind"] == tour.CHECKPOINT_KIND and state["step"] == 3
     assert not [p for p in os.listdir(figure.parent) if ".tmp" in p]
 
 

@@ -24,6 +24,15 @@ def scenes_and_images(n=6, seed=0, size=16):
     return ShapesGenerator(WorldConfig(), size, "train", seed).batch(n)
 
 
+def test_config_defaults_match_the_shapes_tokenizer():
+    # The defaults are plain numbers so a model never imports the data package; this keeps them honest.
+    from minivlm.models.clip import CLIPConfig
+    c = LlavaConfig()
+    assert c.vocab_size == CLIPConfig().vocab_size == len(TOKENIZER)
+    assert (c.image_token_id, c.assistant_token_id, c.eos_token_id) == \
+        (TOKENIZER.image_id, TOKENIZER.assistant_id, TOKENIZER.eos_id)
+
+
 QUESTIONS = ["how many shapes are there ?", "what color is the circle ?", "is there a red square ?"]
 ANSWERS = ["two", "red", "no"]
 
