@@ -11,11 +11,6 @@ def stub(*args, **kwargs):
     raise NotImplementedError()
 
 
-def outcome(check, fn, capsys):
-    passed = bool(check(fn))
-    return passed, capsys.readouterr().out
-
-
 def mrope_ids(input_ids, grids, image_token_id, spatial_merge_size=2):
     position_ids, _ = rope.mrope_position_ids(torch.tensor([input_ids]), grids or None, None,
                                               image_token_id=image_token_id, video_token_id=-1,
@@ -29,10 +24,10 @@ def mrope_ids(input_ids, grids, image_token_id, spatial_merge_size=2):
     (ch02.check_rope_2d_cos_sin, rope.rope_2d_cos_sin),
     (ch02.check_mrope_ids, mrope_ids),
 ])
-def test_reference_passes_and_stub_is_not_implemented(check, reference, capsys):
-    passed, out = outcome(check, reference, capsys)
+def test_reference_passes_and_stub_is_not_implemented(check, reference, grade):
+    passed, out = grade(check, reference)
     assert passed and out.startswith("✅"), out
-    passed, out = outcome(check, stub, capsys)
+    passed, out = grade(check, stub)
     assert not passed and "not implemented yet" in out
 
 
@@ -114,8 +109,8 @@ def mrope_ids_transposed(input_ids, grids, image_token_id, spatial_merge_size=2)
     (ch02.check_mrope_ids, mrope_ids_row_fastest, "column changes fastest"),
     (ch02.check_mrope_ids, mrope_ids_transposed, "one row per stream"),
 ])
-def test_typical_mistakes_get_a_hint(check, wrong, hint, capsys):
-    passed, out = outcome(check, wrong, capsys)
+def test_typical_mistakes_get_a_hint(check, wrong, hint, grade):
+    passed, out = grade(check, wrong)
     assert not passed
     assert out.startswith("❌") and hint in out, out
     assert "Traceback" not in out

@@ -21,21 +21,16 @@ def stub(*args):
     raise NotImplementedError()
 
 
-def outcome(check, fn, capsys):
-    passed = bool(check(fn))
-    return passed, capsys.readouterr().out
-
-
 @pytest.mark.parametrize("check, reference", [
     (ch03.check_similarity_matrix, similarity),
     (ch03.check_clip_loss, contrastive.clip_loss),
     (ch03.check_siglip_loss, contrastive.siglip_loss),
     (ch03.check_recall_at_k, recall_at_k),
 ])
-def test_reference_passes_and_stub_is_not_implemented(check, reference, capsys):
-    passed, out = outcome(check, reference, capsys)
+def test_reference_passes_and_stub_is_not_implemented(check, reference, grade):
+    passed, out = grade(check, reference)
     assert passed and out.startswith("✅"), out
-    passed, out = outcome(check, stub, capsys)
+    passed, out = grade(check, stub)
     assert not passed and "not implemented yet" in out
 
 
@@ -67,14 +62,14 @@ WRONG = [
 
 
 @pytest.mark.parametrize("check, wrong, hint", WRONG, ids=[hint for _, _, hint in WRONG])
-def test_typical_mistakes_get_a_specific_hint(check, wrong, hint, capsys):
-    passed, out = outcome(check, wrong, capsys)
+def test_typical_mistakes_get_a_specific_hint(check, wrong, hint, grade):
+    passed, out = grade(check, wrong)
     assert not passed
     assert out.startswith("❌") and hint in out and "Traceback" not in out, out
 
 
-def test_unknown_mistake_gets_the_values_and_a_scalar_check(capsys):
-    passed, out = outcome(ch03.check_clip_loss, lambda i, t, s: contrastive.clip_loss(i, t, s) + 0.1, capsys)
+def test_unknown_mistake_gets_the_values_and_a_scalar_check(grade):
+    passed, out = grade(ch03.check_clip_loss, lambda i, t, s: contrastive.clip_loss(i, t, s) + 0.1)
     assert not passed and "wrong values: max abs difference" in out
-    passed, out = outcome(ch03.check_siglip_loss, lambda i, t, s, b: -F.logsigmoid(similarity(i, t, s) + b), capsys)
+    passed, out = grade(ch03.check_siglip_loss, lambda i, t, s, b: -F.logsigmoid(similarity(i, t, s) + b))
     assert not passed and "should be a scalar" in out

@@ -13,11 +13,6 @@ def stub(*args, **kwargs):
     raise NotImplementedError()
 
 
-def outcome(check, fn, capsys):
-    passed = bool(check(fn))
-    return passed, capsys.readouterr().out
-
-
 # --- references -----------------------------------------------------------------------
 
 def rms_norm(x, weight, eps=1e-6):
@@ -52,15 +47,15 @@ REFERENCES = [
 
 
 @pytest.mark.parametrize("check, reference", REFERENCES)
-def test_reference_passes(check, reference, capsys):
-    passed, out = outcome(check, reference, capsys)
+def test_reference_passes(check, reference, grade):
+    passed, out = grade(check, reference)
     assert passed and out.startswith("✅"), out
 
 
 @pytest.mark.parametrize("check", [ch04.check_causal_mask, ch04.check_rms_norm,
                                    ch04.check_attend_with_cache, ch04.check_sample_top_k])
-def test_stub_is_not_implemented(check, capsys):
-    passed, out = outcome(check, stub, capsys)
+def test_stub_is_not_implemented(check, grade):
+    passed, out = grade(check, stub)
     assert not passed and "not implemented yet" in out
 
 
@@ -101,8 +96,8 @@ WRONG = [
 
 
 @pytest.mark.parametrize("check, wrong, hint", WRONG)
-def test_wrong_implementation_gets_a_hint(check, wrong, hint, capsys):
-    passed, out = outcome(check, wrong, capsys)
+def test_wrong_implementation_gets_a_hint(check, wrong, hint, grade):
+    passed, out = grade(check, wrong)
     assert not passed and out.startswith("❌"), out
     assert hint in out, out
     assert "Traceback" not in out

@@ -12,11 +12,6 @@ def stub(*args, **kwargs):
     raise NotImplementedError()
 
 
-def outcome(check, fn, capsys):
-    passed = bool(check(fn))
-    return passed, capsys.readouterr().out
-
-
 def answer_labels(input_ids, attention_mask, assistant_id):
     is_assistant = input_ids == assistant_id
     after = (is_assistant.long().cumsum(1) - is_assistant.long()) > 0
@@ -39,10 +34,10 @@ def prefix_mask(prefix):
     (ch05.check_splice_image, splice_image),
     (ch05.check_prefix_mask, prefix_mask),
 ])
-def test_reference_passes_and_stub_is_not_implemented(check, reference, capsys):
-    passed, out = outcome(check, reference, capsys)
+def test_reference_passes_and_stub_is_not_implemented(check, reference, grade):
+    passed, out = grade(check, reference)
     assert passed and out.startswith("✅"), out
-    passed, out = outcome(check, stub, capsys)
+    passed, out = grade(check, stub)
     assert not passed and "not implemented yet" in out
 
 
@@ -132,6 +127,6 @@ def prefix_mask_float(prefix):
     (ch05.check_prefix_mask, prefix_mask_query_leak, "would see the answer"),
     (ch05.check_prefix_mask, prefix_mask_float, "torch.bool"),
 ])
-def test_typical_mistakes_get_a_hint(check, wrong, hint, capsys):
-    passed, out = outcome(check, wrong, capsys)
+def test_typical_mistakes_get_a_hint(check, wrong, hint, grade):
+    passed, out = grade(check, wrong)
     assert not passed and out.startswith("❌") and hint in out, out

@@ -1,0 +1,12 @@
+"""Fixtures shared by the test files."""
+
+import pytest
+
+
+@pytest.fixture
+def grade(capsys):
+    """grade(check, learner_fn) -> (passed, what the check printed): how a check cell reacts to an answer."""
+    def run(check, learner_fn):
+        passed = bool(check(learner_fn))
+        return passed, capsys.readouterr().out
+    return run
