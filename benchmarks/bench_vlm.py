@@ -18,18 +18,19 @@ from timing import seconds_per_call, train_step
 from minivlm.data import ShapesGenerator, Tokenizer, WorldConfig
 from minivlm.evaluate import encode_vqa, sample_vqa
 from minivlm.models.llava import Llava, LlavaConfig
+from minivlm.tour import SETTINGS as TOUR_SETTINGS
 from minivlm.train import pick_device
 
 SIZES = {
-    "cpu": dict(patch_size=8, vision_dim=64, text_dim=128, vision_depth=2, text_depth=2),      # the tour's model
+    "cpu": TOUR_SETTINGS["cpu"]["model"],                                                      # the tour's model
     "gpu": dict(patch_size=4, vision_dim=256, text_dim=256, vision_depth=6, text_depth=6, vision_heads=8, text_heads=8),
 }
 
 
 def make_batch(images_per_step, questions_per_image, device, tokenizer):
-    scenes, images = ShapesGenerator(WorldConfig(), 32, "train", seed=0).batch(images_per_step)
+    scenes, images = ShapesGenerator(WorldConfig(), 32, "train", seed=0, device=device).batch(images_per_step)
     batch = encode_vqa(tokenizer, sample_vqa(scenes, questions_per_image, seed=0))
-    return images.to(device), {key: value.to(device) for key, value in batch.items()}
+    return images, {key: value.to(device) for key, value in batch.items()}
 
 
 def main(argv=None):
@@ -45,7 +46,7 @@ def main(argv=None):
     device = pick_device(args.device)
     on_gpu = device.type == "cuda"
     tokenizer = Tokenizer()
-    images_per_step = args.images or (256 if on_gpu else 32)
+    images_per_step = args.images or (256 if on_gpu else TOUR_SETTINGS["cpu"]["images_per_step"])
     images, batch = make_batch(images_per_step, args.questions, device, tokenizer)
     text_tokens = int(batch["attention_mask"].sum())
 

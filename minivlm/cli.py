@@ -119,6 +119,7 @@ def build_prompt(tokenizer, text):
 def ask(args):
     import torch
     from .data import ShapesGenerator, WorldConfig, caption
+    from .models.llava import decode_answers
     from .tour import load_vlm
     from .train import pick_device
     from .viz import answer_figure
@@ -136,8 +137,8 @@ def ask(args):
     else:
         scenes, image = ShapesGenerator(WorldConfig(), size, "test", seed=args.seed).batch(1)
         description = caption(scenes, 0)
-    new = model.generate(image.to(device), torch.tensor([ids], device=device), max_new_tokens=4)[0].tolist()
-    answer = tokenizer.decode(new[:new.index(tokenizer.eos_id)] if tokenizer.eos_id in new else new)
+    new = model.generate(image.to(device), torch.tensor([ids], device=device), max_new_tokens=4)
+    answer = decode_answers(tokenizer, new)[0]
     print(f"image:    {description}")
     print(f"question: {args.question}")
     print(f"answer:   {answer}")

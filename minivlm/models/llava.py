@@ -231,8 +231,13 @@ def answer_questions(model, tokenizer, images, questions, image_index=None, max_
     batch = encode_chat(tokenizer, questions, padding_side="left")
     new = model.generate(images.to(device), batch["input_ids"].to(device), batch["attention_mask"].to(device),
                          None if image_index is None else image_index.to(device), max_new_tokens)
+    return decode_answers(tokenizer, new)
+
+
+def decode_answers(tokenizer, new_ids):
+    """Generated ids (B, T_new) -> one string per row, cut at the first <eos>."""
     answers = []
-    for row in new.tolist():
+    for row in new_ids.tolist():
         row = row[:row.index(tokenizer.eos_id)] if tokenizer.eos_id in row else row
         answers.append(tokenizer.decode(row))
     return answers
