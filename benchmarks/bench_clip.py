@@ -40,7 +40,7 @@ def main():
             model = CLIP(CLIPConfig(vision=vision, vocab_size=tokenizer.vocab_size, text_dim=args.dim,
                                     text_depth=args.depth, text_heads=4, text_causal=False, text_pool="mean",
                                     embed_dim=args.dim, loss=loss_type)).to(device)
-            step = train_step(model, lambda m: contrastive.contrastive_loss(*m(*batch)), device)
+            step = train_step(model, lambda m: contrastive.contrastive_loss(*m(*batch, validate=False)), device)
             seconds = seconds_per_call(step, args.repeats, device, warmup=1)
             print(f"{batch_size:>6} {loss_type:>7} {1000 * seconds:>10.1f} {1000 * seconds / batch_size:>10.3f}")
 

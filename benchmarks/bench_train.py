@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from timing import seconds_per_call, train_step
 
-from minivlm.data.shapes import ShapesGenerator, WorldConfig, classification_labels
+from minivlm.data import ShapesGenerator, WorldConfig, classification_labels
 from minivlm.train import pick_device
 from minivlm.vit import ViTClassifier, ViTConfig
 

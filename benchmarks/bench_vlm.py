@@ -15,8 +15,8 @@ import argparse
 import torch
 from timing import seconds_per_call, train_step
 
-from minivlm.data import ShapesGenerator, Tokenizer, WorldConfig
-from minivlm.evaluate import encode_vqa, sample_vqa
+from minivlm.data import ShapesGenerator, Tokenizer, WorldConfig, sample_vqa
+from minivlm.evaluate import encode_vqa
 from minivlm.models.llava import Llava, LlavaConfig
 from minivlm.tour import SETTINGS as TOUR_SETTINGS
 from minivlm.train import pick_device
@@ -67,7 +67,8 @@ def main(argv=None):
                 model = Llava(config).set_stage(2).to(device)
                 run = torch.compile(model) if compile_model else model
                 step = train_step(run, lambda m: m(images, batch["input_ids"], batch["attention_mask"],
-                                                   batch["labels"], batch["image_index"])[1], device, amp)
+                                                   batch["labels"], batch["image_index"], validate=False).loss,
+                                  device, amp)
                 seconds = seconds_per_call(step, args.steps, device)
                 tokens = text_tokens + len(batch["input_ids"]) * (config.num_visual_tokens - 1)
                 baseline = baseline or seconds

@@ -1,4 +1,4 @@
-"""Multi-head attention (Vaswani et al. 2017, "Attention Is All You Need").
+"""Multi-head attention (Vaswani et al. 2017, "Attention Is All You Need", arXiv 1706.03762).
 
     Attention(Q, K, V) = softmax(Q Kᵀ / √d + mask) V
 
@@ -12,11 +12,14 @@ Masks are boolean with PyTorch's SDPA convention, True = "may attend":
                        makes S > L, so the newest query sees every cached key)
 A query row whose keys are all masked has no defined output (NaN), as in PyTorch.
 
-Two paths compute the same thing: `F.scaled_dot_product_attention` (fast, fused) and
-`attention_math`, the formula written out, which also returns the attention weights.
+The three are combined into one boolean mask first (`build_mask`, or None when nothing is
+masked), then attention runs. Two paths compute the same thing: `forward` calls
+`F.scaled_dot_product_attention` (fast, fused); `forward_with_weights` calls `attention_math`,
+the formula written out, and also returns the attention weights.
 """
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -68,6 +71,11 @@ def build_mask(batch, heads, query_len, key_len, attn_mask=None, key_padding_mas
     return mask
 
 
+class AttentionOutput(NamedTuple):
+    output: torch.Tensor     # (B, L, D)
+    weights: torch.Tensor    # (B, H, L, S), each row sums to 1
+
+
 class MultiHeadAttention(nn.Module):
     """Self- or cross-attention with H heads over (B, L, D) inputs."""
 
@@ -83,18 +91,27 @@ class MultiHeadAttention(nn.Module):
         self.v_proj = nn.Linear(context_dim, dim, bias=bias)
         self.out_proj = nn.Linear(dim, dim, bias=bias)
 
-    def split_heads(self, x):
-        B, L, _ = x.shape
-        return x.reshape(B, L, self.num_heads, self.head_dim).transpose(1, 2)   # (B, H, L, d)
-
     def forward(self, x, context=None, *, attn_mask=None, key_padding_mask=None, is_causal=False,
-                rope=None, kv_cache=None, return_weights=False):
-        """
-        x (B, L, D); context (B, S, Dc) or None for self-attention.
+                rope=None, kv_cache=None):
+        """x (B, L, D); context (B, S, Dc), or None for self-attention -> (B, L, D).
+
         rope: (cos, sin) for the new positions, applied to queries and keys (self-attention).
         kv_cache: a dict this layer owns; keys/values of earlier calls are kept in it and reused.
-        return_weights: use the plain-math path and also return the weights (B, H, L, S).
         """
+        q, k, v = self.project(x, context, rope, kv_cache)
+        mask = build_mask(*q.shape[:3], k.shape[2], attn_mask, key_padding_mask, is_causal, x.device)
+        return self.merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+
+    def forward_with_weights(self, x, context=None, *, attn_mask=None, key_padding_mask=None, is_causal=False,
+                             rope=None, kv_cache=None):
+        """The same result through the plain-math path, with the attention weights (B, H, L, S)."""
+        q, k, v = self.project(x, context, rope, kv_cache)
+        mask = build_mask(*q.shape[:3], k.shape[2], attn_mask, key_padding_mask, is_causal, x.device)
+        out, weights = attention_math(q, k, v, mask)
+        return AttentionOutput(self.merge_heads(out), weights)
+
+    def project(self, x, context, rope, kv_cache):
+        """Queries (B, H, L, d) from x; keys and values (B, H, S, d) from the context and the cache."""
         if x.dim() != 3:
             raise ValueError(f"x must be (B, L, D), got {tuple(x.shape)}")
         context = x if context is None else context
@@ -108,18 +125,12 @@ class MultiHeadAttention(nn.Module):
                 k = torch.cat([kv_cache["k"], k], dim=2)
                 v = torch.cat([kv_cache["v"], v], dim=2)
             kv_cache["k"], kv_cache["v"] = k, v
+        return q, k, v
 
-        B, H, L, S = q.shape[0], self.num_heads, q.shape[2], k.shape[2]
-        only_causal = is_causal and attn_mask is None and key_padding_mask is None
-        if only_causal and L == 1:                    # one new token sees the whole cache
-            is_causal, only_causal = False, False
-        if return_weights or not only_causal or L != S:
-            mask = build_mask(B, H, L, S, attn_mask, key_padding_mask, is_causal, x.device)
-        if return_weights:
-            out, weights = attention_math(q, k, v, mask)
-        elif only_causal and L == S:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        out = self.out_proj(out.transpose(1, 2).reshape(B, L, H * self.head_dim))
-        return (out, weights) if return_weights else out
+    def split_heads(self, x):
+        B, L, _ = x.shape
+        return x.reshape(B, L, self.num_heads, self.head_dim).transpose(1, 2)   # (B, H, L, d)
+
+    def merge_heads(self, x):
+        B, H, L, d = x.shape
+        return self.out_proj(x.transpose(1, 2).reshape(B, L, H * d))             # (B, L, D)

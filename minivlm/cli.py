@@ -8,7 +8,7 @@
     minivlm ask --checkpoint PATH --question "how many red shapes are there ?" [--image FILE | --seed S]
         answers a question about a freshly rendered scene (or an image file) with a saved model
     minivlm exercises [--check]
-        regenerates exercises/ from solutions/ (see minivlm/exercises.py)
+        regenerates exercises/ from solutions/ (see minivlm/course/exercises.py)
 
 Bad input (a wrong image size, an unknown word, a prompt without <image>, a file that is not a
 tour checkpoint) stops with one clear line, before anything is written.
@@ -206,7 +206,7 @@ def main(argv=None):
     commands.add_parser("exercises", help="regenerate exercises/ from solutions/", add_help=False)
     args, rest = parser.parse_known_args(argv)
     if args.command == "exercises":
-        from .exercises import main as exercises_main
+        from .course.exercises import main as exercises_main
         return exercises_main(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")

@@ -25,6 +25,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from .distributed import world
+
 
 def check_features(image_features, text_features):
     """Raise a clear ValueError unless both are (B, E) tensors with B >= 2 on one device and dtype."""
@@ -85,13 +87,6 @@ def siglip_loss(image_features, text_features, logit_scale, logit_bias):
 
 # ----------------------------------------------------------------------------- distributed
 
-def world():
-    """(rank, world_size) of the torch.distributed process group, (0, 1) without one."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 class GatherWithGrad(torch.autograd.Function):
     """all_gather along dim 0 that lets gradients flow back to every rank's own rows.
 
@@ -120,7 +115,8 @@ class GatherWithGrad(torch.autograd.Function):
 
 def gather_with_grad(x):
     """(b, E) on each of W ranks -> (W·b, E), rank order; the identity without a process group."""
-    return GatherWithGrad.apply(x) if world()[1] > 1 else x
+    _, world_size = world()
+    return GatherWithGrad.apply(x) if world_size > 1 else x
 
 
 def distributed_clip_loss(image_features, text_features, logit_scale):

@@ -1,34 +1,36 @@
-"""A decoder-only language model in the LLaMA style (Touvron et al. 2023, "LLaMA").
+"""A decoder-only language model in the LLaMA style (Touvron et al. 2023, "LLaMA", arXiv 2302.13971).
 
     input_ids (B, L) -> token embedding (B, L, D) -> depth × pre-norm decoder block
-    -> final RMSNorm -> tied output head -> logits (B, L, V)
+    -> final RMSNorm -> output head -> LMOutput(logits (B, L, V), loss)
 
-A decoder block is  x = x + attn(rmsnorm(x));  x = x + swiglu(rmsnorm(x)),  with causal
-self-attention whose queries and keys are rotated by RoPE (rope.py); there is no position
-vector added to the tokens. The pieces, each from its paper:
-    RMSNorm  (Zhang & Sennrich 2019)  x / sqrt(mean(x²) + eps) · g, no mean, no bias
-    SwiGLU   (Shazeer 2020)           w2(silu(w1 x) ⊙ w3 x), hidden width ≈ 8/3 · D
-    RoPE     (Su et al. 2021)         "1d" positions, or "mrope" (Qwen2-VL): (t, h, w) streams
-    tied head (Press & Wolf 2017)     the output matrix is the embedding matrix
+A decoder block is blocks.TransformerBlock with RMSNorm and SwiGLU and no biases,
+    x = x + attn(rmsnorm(x));  x = x + swiglu(rmsnorm(x)),
+with causal self-attention whose queries and keys are rotated by RoPE (rope.py, Su et al.
+2021, arXiv 2104.09864): "1d" positions, or "mrope" (Qwen2-VL): (t, h, w) streams. No
+position vector is added to the tokens. The output head is tied to the embedding matrix by
+default (Press & Wolf 2017, arXiv 1608.05859).
 
 Training: position t predicts token t+1, so the loss compares logits[:, :-1] with
 labels[:, 1:]; label -100 is ignored (padding, prompts, image tokens).
 
-Generation keeps a KV cache: the keys and values of every earlier token are stored per
-layer, so each new token costs one query against the cache instead of re-running the whole
-prefix. Batched prompts are LEFT-padded with an attention_mask, so every row's next token
-sits in the same last column.
+Generation (generation.py) keeps a KV cache: the keys and values of every earlier token are
+stored per layer, so each new token costs one query against the cache instead of re-running
+the whole prefix. Batched prompts are LEFT-padded with an attention_mask, so every row's next
+token sits in the same last column.
 """
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import MultiHeadAttention, causal_mask
 from . import rope as rope_lib
+from .attention import causal_mask
+from .blocks import RMSNorm, TransformerBlock
+from .generation import generate
 
 IGNORE_INDEX = -100
 
@@ -57,62 +59,38 @@ class LMConfig:
             raise ValueError(f"rope must be '1d' or 'mrope', got {self.rope!r}")
         if self.mlp_hidden is None:
             self.mlp_hidden = 8 * math.ceil(8 * self.dim / 3 / 8)
-        half = self.dim // self.heads // 2
         if self.rope == "mrope":
             if self.mrope_section is None:     # Qwen2-VL's proportions: (16, 24, 24) of 64 pairs
+                half = self.head_dim // 2
                 spatial = 3 * half // 8
                 self.mrope_section = (half - 2 * spatial, spatial, spatial)
-            self.mrope_section = tuple(self.mrope_section)
-            if len(self.mrope_section) != 3 or sum(self.mrope_section) != half:
-                raise ValueError(f"mrope_section must be 3 numbers (t, h, w) summing to head_dim/2 = {half}, "
-                                 f"got {self.mrope_section}")
+            self.mrope_section = tuple(rope_lib.check_mrope_section(self.mrope_section, self.head_dim))
 
     @property
     def head_dim(self):
         return self.dim // self.heads
 
 
-class RMSNorm(nn.Module):
-    """x / sqrt(mean(x², last dim) + eps) · weight over (..., D)."""
-
-    def __init__(self, dim, eps=1e-6):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x):
-        x_float = x.float()
-        normed = x_float * torch.rsqrt(x_float.pow(2).mean(dim=-1, keepdim=True) + self.eps)
-        return normed.to(x.dtype) * self.weight
+class LMOutput(NamedTuple):
+    logits: torch.Tensor              # (B, L, V)
+    loss: Optional[torch.Tensor]      # scalar, or None without labels
 
 
-class SwiGLU(nn.Module):
-    """w2(silu(w1 x) * w3 x): a gated MLP, (..., D) -> (..., D)."""
-
-    def __init__(self, dim, hidden_dim):
-        super().__init__()
-        self.w1 = nn.Linear(dim, hidden_dim, bias=False)   # gate
-        self.w3 = nn.Linear(dim, hidden_dim, bias=False)   # value
-        self.w2 = nn.Linear(hidden_dim, dim, bias=False)   # back to D
-
-    def forward(self, x):
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+def next_token_loss(logits, labels):
+    """Cross-entropy of position t's logits against token t+1; labels -100 are ignored."""
+    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1),
+                           ignore_index=IGNORE_INDEX)
 
 
-class DecoderBlock(nn.Module):
-    """Pre-norm block: causal self-attention with RoPE, then SwiGLU, each added to the residual."""
-
-    def __init__(self, dim, heads, mlp_hidden):
-        super().__init__()
-        self.attn_norm = RMSNorm(dim)
-        self.attn = MultiHeadAttention(dim, heads, bias=False)
-        self.mlp_norm = RMSNorm(dim)
-        self.mlp = SwiGLU(dim, mlp_hidden)
-
-    def forward(self, x, rope=None, kv_cache=None, **mask_kwargs):
-        """x (B, L, D); mask_kwargs (attn_mask, key_padding_mask, is_causal) go to the attention."""
-        x = x + self.attn(self.attn_norm(x), rope=rope, kv_cache=kv_cache, **mask_kwargs)
-        return x + self.mlp(self.mlp_norm(x))
+def check_token_ids(input_ids, vocab_size, read_values=True):
+    """ValueError unless input_ids is an integer (B, L) tensor with values in [0, vocab_size).
+    The range is checked only with read_values (it reads the tensor: a GPU -> CPU sync)."""
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.dtype.is_floating_point:
+        shape = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
+        raise ValueError(f"input_ids must be an integer tensor (B, L), got {shape}")
+    if read_values and input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= vocab_size):
+        raise ValueError(f"input_ids must lie in [0, vocab_size={vocab_size}), "
+                         f"got values in [{input_ids.min().item()}, {input_ids.max().item()}]")
 
 
 def own_position(query_len, key_len, device=None):
@@ -121,27 +99,17 @@ def own_position(query_len, key_len, device=None):
     return torch.ones(query_len, key_len, dtype=torch.bool, device=device).tril(offset).triu(offset)
 
 
-def sample_next_token(logits, temperature=0.0, top_k=None, generator=None):
-    """Pick one token per row from logits (B, V): argmax at temperature 0, else sample from
-    softmax(logits / temperature) restricted to the top_k most likely tokens. Returns (B,)."""
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth_best = logits.topk(top_k, dim=-1).values[:, -1:]          # (B, 1)
-        logits = logits.masked_fill(logits < kth_best, float("-inf"))
-    probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-
-
 class LanguageModel(nn.Module):
-    """Decoder-only LM: input_ids (B, L) or inputs_embeds (B, L, D) -> logits (B, L, V)."""
+    """Decoder-only LM: input_ids (B, L) or inputs_embeds (B, L, D) -> LMOutput(logits (B, L, V), loss)."""
+
+    generate = generate
 
     def __init__(self, config: LMConfig):
         super().__init__()
         self.config = c = config
         self.tok_emb = nn.Embedding(c.vocab_size, c.dim)
-        self.blocks = nn.ModuleList(DecoderBlock(c.dim, c.heads, c.mlp_hidden) for _ in range(c.depth))
+        self.blocks = nn.ModuleList(TransformerBlock(c.dim, c.heads, c.mlp_hidden, norm="rmsnorm", mlp="swiglu",
+                                                     bias=False) for _ in range(c.depth))
         self.norm = RMSNorm(c.dim)
         self.lm_head = nn.Linear(c.dim, c.vocab_size, bias=False)
         self.apply(self._init_weights)
@@ -156,43 +124,48 @@ class LanguageModel(nn.Module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, std=0.02)
 
-    def embed(self, input_ids):
+    def forward(self, input_ids=None, labels=None, *, inputs_embeds=None, attention_mask=None,
+                attn_mask=None, position_ids=None, kv_cache=None, validate=True):
+        """input_ids (B, L) or inputs_embeds (B, L, D); labels (B, L); attention_mask (B, S), True at
+        real tokens, S = cached + new; attn_mask (B, L, S) bool, replacing the causal pattern;
+        position_ids (B, L), or (3, B, L) for M-RoPE; kv_cache from new_cache(), filled in place.
+        validate=False skips the checks that read tensor values (a GPU -> CPU sync): token ids in range."""
+        past_len = self.check_inputs(input_ids, inputs_embeds, labels, attention_mask, attn_mask, position_ids,
+                                     kv_cache)
+        x = self.embed(input_ids, validate) if inputs_embeds is None else inputs_embeds
+        B, L, _ = x.shape
+        if position_ids is None:
+            position_ids = self.default_positions(B, L, past_len, attention_mask, x.device)
+        rope = self.rotary(position_ids)
+        mask = self.attention_pattern(L, past_len + L, attention_mask, attn_mask, x.device)
+        for i, block in enumerate(self.blocks):
+            x = block(x, attn_mask=mask, rope=rope, kv_cache=None if kv_cache is None else kv_cache[i])
+        logits = self.lm_head(self.norm(x))
+        return LMOutput(logits, None if labels is None else next_token_loss(logits, labels))
+
+    def embed(self, input_ids, validate=True):
         """Token embeddings (B, L, D); a VLM splices image tokens into these before `forward`."""
-        self._check_ids(input_ids, "input_ids")
+        check_token_ids(input_ids, self.config.vocab_size, read_values=validate)
         return self.tok_emb(input_ids)
 
     def new_cache(self):
         """An empty KV cache: one dict per layer, filled in place by `forward`."""
         return [{} for _ in self.blocks]
 
-    # -- input checks ---------------------------------------------------------------------
-    def _check_ids(self, ids, name):
-        if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.dtype.is_floating_point:
-            raise ValueError(f"{name} must be an integer tensor (B, L), got "
-                             f"{tuple(ids.shape) if isinstance(ids, torch.Tensor) else type(ids).__name__}")
-        if ids.numel() and (ids.min() < 0 or ids.max() >= self.config.vocab_size):
-            raise ValueError(f"{name} must lie in [0, vocab_size={self.config.vocab_size}), "
-                             f"got values in [{ids.min().item()}, {ids.max().item()}]")
-
-    def _check_inputs(self, input_ids, inputs_embeds):
+    def check_inputs(self, input_ids, inputs_embeds, labels, attention_mask, attn_mask, position_ids, kv_cache):
+        """Shapes only (no tensor values are read); returns the length the KV cache already holds."""
+        c = self.config
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids (B, L) and inputs_embeds (B, L, D)")
+        if inputs_embeds is not None and (inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != c.dim):
+            raise ValueError(f"inputs_embeds must be (B, L, D={c.dim}), got {tuple(inputs_embeds.shape)}")
+        if kv_cache is not None and (not isinstance(kv_cache, list) or len(kv_cache) != c.depth):
+            raise ValueError(f"kv_cache must be the list returned by new_cache() ({c.depth} dicts)")
+        past_len = kv_cache[0]["k"].shape[2] if kv_cache is not None and "k" in kv_cache[0] else 0
         if input_ids is not None:
-            return self.embed(input_ids)
-        if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.config.dim:
-            raise ValueError(f"inputs_embeds must be (B, L, D={self.config.dim}), got {tuple(inputs_embeds.shape)}")
-        return inputs_embeds
-
-    def _check_cache(self, kv_cache):
-        """Length of what the cache already holds (0 without a cache)."""
-        if kv_cache is None:
-            return 0
-        if not isinstance(kv_cache, list) or len(kv_cache) != self.config.depth:
-            raise ValueError(f"kv_cache must be the list returned by new_cache() ({self.config.depth} dicts)")
-        return kv_cache[0]["k"].shape[2] if "k" in kv_cache[0] else 0
-
-    def _check_forward_args(self, B, L, S, labels, attention_mask, attn_mask, position_ids):
-        c = self.config
+            check_token_ids(input_ids, c.vocab_size, read_values=False)
+        B, L = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
+        S = past_len + L
         if S > c.max_seq_len:
             raise ValueError(f"sequence length {S} (cached + new tokens) exceeds max_seq_len={c.max_seq_len}")
         shapes = {"labels": (labels, (B, L)), "attention_mask (over cached + new tokens)": (attention_mask, (B, S)),
@@ -200,13 +173,13 @@ class LanguageModel(nn.Module):
         for name, (tensor, expected) in shapes.items():
             if tensor is not None and tuple(tensor.shape) != expected:
                 raise ValueError(f"{name} must have shape {expected}, got {tuple(tensor.shape)}")
-        batch_ok = attn_mask is None or attn_mask.dim() == 2 or attn_mask.shape[0] in (1, B)
         if attn_mask is not None and (attn_mask.dtype != torch.bool or attn_mask.dim() not in (2, 3)
-                                      or attn_mask.shape[-2:] != (L, S) or not batch_ok):
+                                      or attn_mask.shape[-2:] != (L, S)
+                                      or (attn_mask.dim() == 3 and attn_mask.shape[0] not in (1, B))):
             raise ValueError(f"attn_mask must be a bool tensor (B, L, S) = ({B}, {L}, {S}), "
                              f"got {attn_mask.dtype} {tuple(attn_mask.shape)}")
+        return past_len
 
-    # -- positions and masks --------------------------------------------------------------
     def default_positions(self, B, L, past_len, attention_mask, device):
         """past_len + arange(L); with a (left-)padding mask, the count of real tokens before
         each one (cumsum - 1, as HF does), so every row's first real token sits at 0.
@@ -227,110 +200,15 @@ class LanguageModel(nn.Module):
         return rope_lib.rope_cos_sin(position_ids, c.head_dim, c.rope_theta)
 
     @staticmethod
-    def attention_pattern(B, L, S, attention_mask, attn_mask, device):
-        """None when plain causal attention suffices, else a (B, 1, L, S) bool mask (True = may attend)."""
+    def attention_pattern(L, S, attention_mask, attn_mask, device):
+        """Who may attend whom, one bool mask: (L, S) causal, or (B, 1, L, S) with padding or attn_mask."""
         if attention_mask is None and attn_mask is None:
-            return None
-        mask = causal_mask(L, S, device).expand(B, L, S) if attn_mask is None else attn_mask.expand(B, L, S)
+            return causal_mask(L, S, device)
+        mask = causal_mask(L, S, device) if attn_mask is None else attn_mask
         if attention_mask is not None:
-            mask = mask & attention_mask.bool()[:, None, :]
+            mask = mask & attention_mask.bool()[:, None, :]                       # (B, L, S)
         # A left-padding query sees no key at all: its softmax would be NaN, and a NaN value
         # leaks into real tokens through 0 · NaN. Let such a row see itself; its output is unused.
         empty_rows = ~mask.any(dim=-1, keepdim=True)
         mask = mask | (empty_rows & own_position(L, S, device))
-        return mask[:, None]
-
-    # -- forward --------------------------------------------------------------------------
-    def forward(self, input_ids=None, labels=None, *, inputs_embeds=None, attention_mask=None,
-                attn_mask=None, position_ids=None, kv_cache=None):
-        """Returns (logits (B, L, V), loss or None). See the module docstring for the shapes."""
-        c = self.config
-        x = self._check_inputs(input_ids, inputs_embeds)
-        B, L, _ = x.shape
-        past_len = self._check_cache(kv_cache)
-        S = past_len + L
-        self._check_forward_args(B, L, S, labels, attention_mask, attn_mask, position_ids)
-        if position_ids is None:
-            position_ids = self.default_positions(B, L, past_len, attention_mask, x.device)
-
-        rope = self.rotary(position_ids)
-        mask = self.attention_pattern(B, L, S, attention_mask, attn_mask, x.device)
-        mask_kwargs = {"is_causal": True} if mask is None else {"attn_mask": mask}
-        for i, block in enumerate(self.blocks):
-            x = block(x, rope=rope, kv_cache=None if kv_cache is None else kv_cache[i], **mask_kwargs)
-        logits = self.lm_head(self.norm(x))
-
-        loss = None
-        if labels is not None:   # position t predicts token t+1
-            loss = F.cross_entropy(logits[:, :-1].reshape(-1, c.vocab_size).float(),
-                                   labels[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX)
-        return logits, loss
-
-    # -- generation -----------------------------------------------------------------------
-    @torch.no_grad()
-    def generate(self, input_ids=None, max_new_tokens=20, *, inputs_embeds=None, attention_mask=None,
-                 attn_mask=None, position_ids=None, temperature=0.0, top_k=None, eos_id=None,
-                 use_cache=True, generator=None):
-        """Continue each prompt by up to max_new_tokens tokens; returns the new ids (B, T_new).
-
-        Prompts are left-padded (attention_mask (B, L), True = real). attn_mask (B, L, L) and
-        position_ids describe the prompt only; new tokens attend causally to every real token
-        and continue the positions from the prompt's largest one + 1 (in all three M-RoPE streams).
-        Rows that emitted eos_id keep emitting it; generation stops once every row has.
-        """
-        c = self.config
-        prompt = self._check_inputs(input_ids, inputs_embeds)
-        B, L, _ = prompt.shape
-        device = prompt.device
-        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
-        if top_k is not None and not (isinstance(top_k, int) and top_k >= 1):
-            raise ValueError(f"top_k must be None or an int >= 1, got {top_k!r}")
-        if eos_id is not None and not 0 <= eos_id < c.vocab_size:
-            raise ValueError(f"eos_id must lie in [0, vocab_size={c.vocab_size}), got {eos_id}")
-        if L + max_new_tokens > c.max_seq_len:
-            raise ValueError(f"prompt length {L} + max_new_tokens {max_new_tokens} exceeds "
-                             f"max_seq_len={c.max_seq_len}")
-        if position_ids is None:      # computed here, as the new tokens continue from them
-            if attention_mask is not None and attention_mask.shape != (B, L):
-                raise ValueError(f"attention_mask must have shape ({B}, {L}), got {tuple(attention_mask.shape)}")
-            position_ids = self.default_positions(B, L, 0, attention_mask, device)
-        cache = self.new_cache() if use_cache else None
-        logits, _ = self(inputs_embeds=prompt, attention_mask=attention_mask, attn_mask=attn_mask,
-                         position_ids=position_ids, kv_cache=cache)
-        next_position = position_ids.reshape(-1, B, L).amax(dim=(0, 2)) + 1          # (B,)
-
-        def step_positions(t):       # positions of the new tokens t = 0, 1, ...: (B, 1) or (3, B, 1)
-            new = (next_position + t)[:, None]
-            return new.expand(3, B, 1) if c.rope == "mrope" else new
-
-        finished = torch.zeros(B, dtype=torch.bool, device=device)
-        new_tokens = []
-        sequence, positions = prompt, position_ids
-        for t in range(max_new_tokens):
-            token = sample_next_token(logits[:, -1], temperature, top_k, generator)
-            if eos_id is not None:
-                token = token.masked_fill(finished, eos_id)
-                finished = finished | (token == eos_id)
-            new_tokens.append(token)
-            if t == max_new_tokens - 1 or (eos_id is not None and bool(finished.all())):
-                break
-            token_embeds = self.tok_emb(token)[:, None]                             # (B, 1, D)
-            if attention_mask is not None:
-                attention_mask = torch.cat([attention_mask, attention_mask.new_ones(B, 1)], dim=1)
-            if use_cache:            # one new query against the cached keys and values
-                logits, _ = self(inputs_embeds=token_embeds, attention_mask=attention_mask,
-                                 position_ids=step_positions(t), kv_cache=cache)
-            else:                    # recompute the whole sequence from scratch
-                sequence = torch.cat([sequence, token_embeds], dim=1)
-                positions = torch.cat([positions, step_positions(t)], dim=-1)
-                full_mask = None
-                if attn_mask is not None:   # the prompt keeps its pattern; new rows are causal
-                    S = sequence.shape[1]
-                    full_mask = causal_mask(S, S, device).repeat(B, 1, 1)
-                    full_mask[:, :L, :L] = attn_mask
-                logits, _ = self(inputs_embeds=sequence, attention_mask=attention_mask,
-                                 attn_mask=full_mask, position_ids=positions)
-        return torch.stack(new_tokens, dim=1)
+        return mask[:, None] if mask.dim() == 3 else mask

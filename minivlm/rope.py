@@ -87,7 +87,8 @@ def rope_2d_cos_sin(grid_h, grid_w, head_dim, theta=10000.0, device=None):
     return angles.cos(), angles.sin()
 
 
-def _check_mrope_section(mrope_section, head_dim):
+def check_mrope_section(mrope_section, head_dim):
+    """[t, h, w] pair counts, checked to sum to head_dim/2 (used by mrope_cos_sin and LMConfig)."""
     section = [int(s) for s in mrope_section]
     if len(section) != 3 or any(s < 0 for s in section) or sum(section) * 2 != head_dim:
         raise ValueError(f"mrope_section must be 3 non-negative counts of frequency pairs summing to "
@@ -105,7 +106,7 @@ def mrope_cos_sin(position_ids, head_dim, mrope_section, theta=1e6):
     position_ids = torch.as_tensor(position_ids)
     if position_ids.dim() != 3 or position_ids.shape[0] != 3:
         raise ValueError(f"position_ids must be (3, B, L), got {tuple(position_ids.shape)}")
-    section = _check_mrope_section(mrope_section, head_dim)
+    section = check_mrope_section(mrope_section, head_dim)
     cos, sin = rope_cos_sin(position_ids, head_dim, theta)       # (3, B, L, D): one per stream
     stream = torch.repeat_interleave(torch.arange(3), torch.tensor(section))  # (D/2,) stream of pair i
     stream = torch.cat([stream, stream]).to(position_ids.device)              # (D,)  stream of channel j

@@ -24,8 +24,8 @@ from dataclasses import asdict
 import torch
 
 from .contrastive import contrastive_loss
-from .data import SPECIAL_TOKENS, ShapesGenerator, Tokenizer, WorldConfig, caption
-from .evaluate import encode_vqa, sample_vqa, vqa_accuracy
+from .data import SPECIAL_TOKENS, ShapesGenerator, Tokenizer, WorldConfig, caption, sample_vqa
+from .evaluate import encode_vqa, vqa_accuracy
 from .models.clip import CLIP, CLIPConfig
 from .models.llava import Llava, LlavaConfig
 from .train import TrainConfig, fit, load_checkpoint, pick_device, save_checkpoint, seed_everything
@@ -80,7 +80,7 @@ def train_vlm(seed=0, steps=None, device=None, progress=True):
         return model.normalize(images[start:start + clip_batch]), ids[:, :length], mask[:, :length]
 
     print(f"stage 0: CLIP pretraining of the vision tower on {pool} captioned scenes ({clip_steps} steps, {device.type})")
-    fit(clip, clip_batches, lambda m, batch: contrastive_loss(*m(*batch)),
+    fit(clip, clip_batches, lambda m, batch: contrastive_loss(*m(*batch, validate=False)),
         TrainConfig(steps=clip_steps, lr=3e-3, warmup_steps=min(40, clip_steps), device=str(device),
                     seed=seed, progress=progress))
     model.load_vision_tower(clip.vision)
@@ -95,7 +95,7 @@ def train_vlm(seed=0, steps=None, device=None, progress=True):
     model.set_stage(2)
     print(f"stage 2: {len(vqa['input_ids'])} questions train the projector and the LM "
           f"({config.num_visual_tokens} visual tokens per image, {steps} steps)")
-    history = fit(model, vqa_batches, lambda m, batch: m(*batch)[1],
+    history = fit(model, vqa_batches, lambda m, batch: m(*batch, validate=False).loss,
                   TrainConfig(steps=steps, lr=settings["lr"], warmup_steps=min(50, steps), device=str(device),
                               seed=seed, progress=progress))
     model.set_stage("all")

@@ -28,6 +28,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from .distributed import join, shard
+
 
 @dataclass
 class TrainConfig:
@@ -104,29 +106,6 @@ def move_to(batch, device):
     return batch
 
 
-def shard(batch, rank, world_size):
-    """This rank's slice of every tensor in the batch, along dim 0."""
-    if isinstance(batch, torch.Tensor):
-        if batch.shape[0] % world_size:
-            raise ValueError(f"global batch size {batch.shape[0]} must be divisible by world size {world_size}")
-        return batch.chunk(world_size)[rank]
-    if isinstance(batch, dict):
-        return {key: shard(value, rank, world_size) for key, value in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(shard(value, rank, world_size) for value in batch)
-    return batch
-
-
-def distributed_setup(device):
-    """Join the torchrun process group if there is one; returns (rank, world_size)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size == 1:
-        return 0, 1
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return dist.get_rank(), dist.get_world_size()
-
-
 def save_checkpoint(path, model, optimizer=None, step=0, history=None, extra=None):
     """Write atomically (a temporary file, then rename), so a crash never leaves half a file."""
     state = {"model": model.state_dict(), "step": step, "history": history or {}, "extra": extra or {}}
@@ -164,7 +143,7 @@ def fit(model, get_batch, loss_fn, config=None, eval_fn=None, resume_from=None):
     {"step", "loss", "lr", "eval": [{"step": s, **metrics}], "seconds", "device"}."""
     config = config or TrainConfig()
     device = pick_device(config.device)
-    rank, world_size = distributed_setup(device)
+    rank, world_size = join(device)
     if device.type == "cuda" and world_size > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
     model.to(device)

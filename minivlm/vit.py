@@ -1,9 +1,10 @@
-"""Vision Transformer encoder (Dosovitskiy et al. 2020, "An Image is Worth 16x16 Words").
+"""Vision Transformer encoder (Dosovitskiy et al. 2020, "An Image is Worth 16x16 Words", arXiv 2010.11929).
 
     images (B, C, H, W) -> patch embedding (B, N, D) -> + positions -> depth × pre-norm block
-    -> final LayerNorm -> patch tokens (B, N, D) and a pooled vector (B, D)
+    -> final LayerNorm -> ViTOutput(tokens (B, N, D), pooled (B, D))
 
-A pre-norm block is  x = x + attn(norm1(x));  x = x + mlp(norm2(x)).
+The blocks are blocks.TransformerBlock with LayerNorm and a GELU MLP:
+    x = x + attn(attn_norm(x));  x = x + mlp(mlp_norm(x)).
 
 Positions, one switch (`ViTConfig.positions`):
     "learned"  a learned vector per patch of the training grid (interpolated bicubically
@@ -15,15 +16,15 @@ Positions, one switch (`ViTConfig.positions`):
 Pooling: "mean" over patch tokens, or "cls", a learned token prepended to the sequence.
 """
 
-import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import MultiHeadAttention
-from .patching import PatchEmbed, check_images
+from .blocks import TransformerBlock
+from .patching import PatchEmbed
 from . import rope as rope_lib
 
 POSITIONS = ("learned", "sincos", "rope2d", "none")
@@ -68,39 +69,13 @@ def sincos_2d(grid_h, grid_w, dim, device=None):
     return torch.cat([row_angles.sin(), row_angles.cos(), col_angles.sin(), col_angles.cos()], dim=1)
 
 
-class MLP(nn.Module):
-    def __init__(self, dim, hidden_dim):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden_dim)
-        self.fc2 = nn.Linear(hidden_dim, dim)
-
-    def forward(self, x):
-        return self.fc2(F.gelu(self.fc1(x)))
-
-
-class ViTBlock(nn.Module):
-    """Pre-norm transformer block with bidirectional attention over (B, N, D)."""
-
-    def __init__(self, dim, heads, mlp_ratio=4.0):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = MultiHeadAttention(dim, heads)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = MLP(dim, int(dim * mlp_ratio))
-
-    def forward(self, x, rope=None, return_weights=False, **mask_kwargs):
-        """x (B, N, D); mask_kwargs (attn_mask, key_padding_mask, is_causal) go to the attention."""
-        attended = self.attn(self.norm1(x), rope=rope, return_weights=return_weights, **mask_kwargs)
-        weights = None
-        if return_weights:
-            attended, weights = attended
-        x = x + attended
-        x = x + self.mlp(self.norm2(x))
-        return (x, weights) if return_weights else x
+class ViTOutput(NamedTuple):
+    tokens: torch.Tensor     # (B, N, D), one per patch, in raster order
+    pooled: torch.Tensor     # (B, D), the mean of the tokens or the class token
 
 
 class ViT(nn.Module):
-    """images (B, C, H, W) -> (patch tokens (B, N, D), pooled (B, D))."""
+    """images (B, C, H, W) -> ViTOutput(tokens (B, N, D), pooled (B, D))."""
 
     def __init__(self, config: ViTConfig):
         super().__init__()
@@ -111,7 +86,7 @@ class ViT(nn.Module):
             self.pos_embed = nn.Parameter(torch.randn(1, c.grid_size ** 2, c.dim) * 0.02)
         if c.pool == "cls":
             self.cls_token = nn.Parameter(torch.zeros(1, 1, c.dim))
-        self.blocks = nn.ModuleList(ViTBlock(c.dim, c.heads, c.mlp_ratio) for _ in range(c.depth))
+        self.blocks = nn.ModuleList(TransformerBlock(c.dim, c.heads, int(c.dim * c.mlp_ratio)) for _ in range(c.depth))
         self.norm = nn.LayerNorm(c.dim)
 
     def position_embedding(self, grid_h, grid_w, device):
@@ -137,30 +112,38 @@ class ViT(nn.Module):
             sin = torch.cat([torch.zeros_like(sin[:1]), sin])
         return cos, sin
 
-    def forward(self, images, return_attention=False):
+    def forward(self, images):
+        x, rope = self.embed(images)
+        for block in self.blocks:
+            x = block(x, rope=rope)
+        return self.pool(self.norm(x))
+
+    def attention_maps(self, images):
+        """The attention weights of every block: a list of depth tensors (B, heads, N', N'),
+        N' = N (+ 1 with a class token, first). Computed through the plain-math attention."""
+        x, rope = self.embed(images)
+        maps = []
+        for block in self.blocks:
+            x, weights = block.forward_with_weights(x, rope=rope)
+            maps.append(weights)
+        return maps
+
+    def embed(self, images):
+        """images (B, C, H, W) -> the block stack's input (B, N', D) and its 2D-RoPE (cos, sin) or None."""
         c = self.config
-        check_images(images, c.patch_size, c.channels)
+        x = self.patch_embed(images)                                  # (B, N, D); checks the images
         grid_h, grid_w = images.shape[2] // c.patch_size, images.shape[3] // c.patch_size
-        x = self.patch_embed(images)                                  # (B, N, D)
         positions = self.position_embedding(grid_h, grid_w, images.device)
         if positions is not None:
             x = x + positions
         if c.pool == "cls":
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
-        rope = self.rotary(grid_h, grid_w, images.device)
-        attention_maps = []
-        for block in self.blocks:
-            if return_attention:
-                x, weights = block(x, rope=rope, return_weights=True)
-                attention_maps.append(weights)
-            else:
-                x = block(x, rope=rope)
-        x = self.norm(x)
-        if c.pool == "cls":
-            pooled, tokens = x[:, 0], x[:, 1:]
-        else:
-            pooled, tokens = x.mean(dim=1), x
-        return (tokens, pooled, attention_maps) if return_attention else (tokens, pooled)
+        return x, self.rotary(grid_h, grid_w, images.device)
+
+    def pool(self, x):
+        if self.config.pool == "cls":
+            return ViTOutput(tokens=x[:, 1:], pooled=x[:, 0])
+        return ViTOutput(tokens=x, pooled=x.mean(dim=1))
 
 
 class ViTClassifier(nn.Module):
@@ -172,4 +155,4 @@ class ViTClassifier(nn.Module):
         self.head = nn.Linear(config.dim, num_classes)
 
     def forward(self, images):
-        return self.head(self.vit(images)[1])
+        return self.head(self.vit(images).pooled)

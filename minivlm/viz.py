@@ -52,15 +52,20 @@ def plot_history(history, metric=None, smooth=10):
     return figure
 
 
-def overlay_attention(axis, image, attention, alpha=0.6, cmap="inferno"):
-    """Draw image (3, H, W) and, on top, an attention map (h, w) upsampled to the image size."""
+def overlay_attention(axis, image, weights, cmap="plasma"):
+    """Draw image (3, H, W) with each patch tinted by its attention weight, weights (grid_h, grid_w).
+
+    Each map is scaled to its own range; weakly attended patches stay see-through.
+    """
+    strength = ((weights - weights.min()) / (weights.max() - weights.min() + 1e-12)).detach().float().cpu()
+    tint = plt.get_cmap(cmap)(strength.numpy())             # (grid_h, grid_w, RGBA)
+    tint[..., 3] = 0.8 * strength.numpy()
     H, W = image.shape[-2:]
-    attention = attention.detach().float().cpu()
-    attention = (attention - attention.min()) / (attention.max() - attention.min() + 1e-8)
-    upsampled = F.interpolate(attention[None, None], size=(H, W), mode="nearest")[0, 0]
     axis.imshow(_to_numpy_image(image), interpolation="nearest")
-    axis.imshow(upsampled.numpy(), cmap=cmap, alpha=alpha, interpolation="nearest")
-    axis.axis("off")
+    axis.imshow(tint, interpolation="nearest", extent=(-0.5, W - 0.5, H - 0.5, -0.5))
+    axis.set_xticks([])
+    axis.set_yticks([])
+    return axis
 
 
 def draw_patch_grid(image, patch_size, axis=None, color="white"):

@@ -75,7 +75,7 @@ def test_cross_attention_and_weights():
     torch.manual_seed(0)
     attn = MultiHeadAttention(16, 4, context_dim=24)
     x, context = torch.randn(2, 3, 16), torch.randn(2, 9, 24)
-    out, weights = attn(x, context, return_weights=True)
+    out, weights = attn.forward_with_weights(x, context)
     assert out.shape == (2, 3, 16) and weights.shape == (2, 4, 3, 9)
     assert torch.allclose(out, attn(x, context), atol=1e-5)
 

@@ -30,14 +30,18 @@ def shapes_batch(step, batch_size=8):
 
 def test_forward_shapes_unit_features_and_loss_types():
     images, ids, mask = shapes_batch(0)
-    image_features, text_features, scale = tiny_clip("clip")(images, ids, mask)
+    image_features, text_features, scale, bias = tiny_clip("clip")(images, ids, mask)
     assert image_features.shape == text_features.shape == (8, 8)
     assert torch.allclose(image_features.norm(dim=-1), torch.ones(8), atol=1e-5)
     assert torch.allclose(text_features.norm(dim=-1), torch.ones(8), atol=1e-5)
-    assert scale.item() == pytest.approx(1 / 0.07, rel=1e-5)
-    outputs = tiny_clip("siglip")(images, ids, mask)
-    assert len(outputs) == 4 and outputs[2].item() == pytest.approx(10.0) and outputs[3].item() == -10.0
-    assert contrastive_loss(*outputs).item() > 0
+    assert scale.item() == pytest.approx(1 / 0.07, rel=1e-5) and bias is None
+    out = tiny_clip("siglip")(images, ids, mask)
+    assert out.logit_scale.item() == pytest.approx(10.0) and out.logit_bias.item() == -10.0
+    # the model's outputs call the right loss: SigLIP's, written out here over all 8 x 8 pairs
+    logits = out.logit_scale * out.image_features @ out.text_features.T + out.logit_bias
+    labels = 2 * torch.eye(8) - 1
+    expected = -F.logsigmoid(labels * logits).sum() / 8
+    torch.testing.assert_close(contrastive_loss(*out), expected)
 
 
 def test_temperature_is_clamped_at_100():

@@ -9,7 +9,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from minivlm.exercises import generate_exercise, generate_exercises, main
+from minivlm.course.exercises import generate_exercise, generate_exercises, main
 
 REPO = Path(__file__).resolve().parents[1]
 SOLUTIONS, EXERCISES = REPO / "solutions", REPO / "exercises"
@@ -43,13 +43,13 @@ def test_exercise_is_regenerated_solution(name, tmp_path):
     require(name)
     generate_exercises(SOLUTIONS, tmp_path)
     committed = EXERCISES / name
-    assert committed.exists(), f"exercises/{name} is missing: run `python -m minivlm.exercises`"
+    assert committed.exists(), f"exercises/{name} is missing: run `python -m minivlm.course.exercises`"
     assert json.loads(committed.read_text()) == json.loads((tmp_path / name).read_text()), (
-        f"exercises/{name} is stale: run `python -m minivlm.exercises`")
+        f"exercises/{name} is stale: run `python -m minivlm.course.exercises`")
 
 
 def test_exercises_folder_up_to_date():
-    assert generate_exercises(SOLUTIONS, EXERCISES, check=True) == [], "run `python -m minivlm.exercises`"
+    assert generate_exercises(SOLUTIONS, EXERCISES, check=True) == [], "run `python -m minivlm.course.exercises`"
 
 
 @solution_names()

@@ -1,4 +1,4 @@
-"""minivlm.grading: each outcome of a check prints one short block, never a traceback."""
+"""minivlm.course.grading: each outcome of a check prints one short block, never a traceback."""
 
 import os
 from pathlib import Path
@@ -7,12 +7,13 @@ import nbformat
 import pytest
 import torch
 
-from minivlm.grading import Hint, check, expect_close, expect_equal, expect_shape, run_check
+from minivlm.course.grading import (Hint, check, expect_close, expect_equal, expect_known_mistakes, expect_shape,
+                                    run_check)
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-# a tiny chapter module, as `minivlm/grading/chNN.py` would hold it
+# a tiny chapter module, as `minivlm/course/grading/chNN.py` would hold it
 @check("double")
 def check_double(double):
     x = torch.arange(6.0).reshape(2, 3)
@@ -110,12 +111,41 @@ def test_expect_messages():
         expect_equal(3, 4, "count")
 
 
+def test_expect_known_mistakes():
+    x = torch.arange(6.0).reshape(2, 3)
+    mistakes = [(x + 2, "multiply, don't add."), (x * x, "multiply by 2, not by x.")]
+    expect_known_mistakes(2 * x + 1e-6, 2 * x, mistakes, "double(x)")
+    for wrong, hint in mistakes:
+        with pytest.raises(Hint) as error:
+            expect_known_mistakes(wrong.clone(), 2 * x, mistakes, "double(x)")
+        assert str(error.value) == f"double(x) has the wrong values. Hint: {hint}"
+    with pytest.raises(Hint, match=r"wrong values: max abs difference .* Hint: multiply every element by 2$"):
+        expect_known_mistakes(x + 1, 2 * x, mistakes, "double(x)", hint="multiply every element by 2")
+    # a mistake that gives the right values on this input explains nothing, here not the wrong dtype
+    with pytest.raises(Hint, match=r"^double\(x\) has dtype torch.float64, expected torch.float32\.$"):
+        expect_known_mistakes((2 * x).double(), 2 * x, [(2 * x, "never shown")] + mistakes, "double(x)")
+
+
+def test_expect_known_mistakes_exact():
+    ids = torch.tensor([1, 2, 3])
+    mistakes = [(ids.flip(0), "keep the order.")]
+    expect_known_mistakes(ids.clone(), ids, mistakes, "ids", exact=True)
+    with pytest.raises(Hint, match=r"^ids has the wrong values\. Hint: keep the order\.$"):
+        expect_known_mistakes(ids.flip(0), ids, mistakes, "ids", exact=True)
+    with pytest.raises(Hint, match=r"^ids has dtype torch.int32, expected torch.int64\.$"):
+        expect_known_mistakes(ids.int(), ids, mistakes, "ids", exact=True)
+    x = torch.tensor([0.5, 1.0])
+    expect_known_mistakes(x + 1e-7, x, [], "out")
+    with pytest.raises(Hint, match=r"^out differs from the expected values at 2 of 2 positions\.$"):
+        expect_known_mistakes(x + 1e-7, x, [], "out", exact=True)
+
+
 def test_in_a_real_kernel(monkeypatch):
     """In Jupyter: the location names the cell, and the check's return value is not displayed."""
     nbclient = pytest.importorskip("nbclient")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     cells = [
-        "import torch\nfrom minivlm.grading import check, expect_close\n"
+        "import torch\nfrom minivlm.course.grading import check, expect_close\n"
         "@check('double')\ndef check_double(fn):\n    expect_close(fn(torch.ones(2)), torch.full((2,), 2.0), 'double(x)')",
         "def double(x):\n    return x.view(3)",
         "check_double(double)",

@@ -1,4 +1,4 @@
-"""minivlm.grading.ch01: the reference passes, a stub is "not implemented yet", and each typical
+"""minivlm.course.grading.ch01: the reference passes, a stub is "not implemented yet", and each typical
 mistake gets a hint that names it (never a pass, never a traceback)."""
 
 import math
@@ -8,7 +8,7 @@ import torch
 
 from minivlm import attention as attention_lib
 from minivlm import patching
-from minivlm.grading import ch01
+from minivlm.course.grading import ch01
 
 
 def last_line(capsys):
@@ -119,18 +119,18 @@ def test_attention_hint_names_the_masked_case(capsys):
 # ----------------------------------------------------------------------------- ViT block
 
 def pre_norm(block, x):
-    x = x + block.attn(block.norm1(x))
-    return x + block.mlp(block.norm2(x))
+    x = x + block.attn(block.attn_norm(x))
+    return x + block.mlp(block.mlp_norm(x))
 
 
 def post_norm(block, x):
-    x = block.norm1(x + block.attn(x))
-    return block.norm2(x + block.mlp(x))
+    x = block.attn_norm(x + block.attn(x))
+    return block.mlp_norm(x + block.mlp(x))
 
 
 def swapped_norms(block, x):
-    x = x + block.attn(block.norm2(x))
-    return x + block.mlp(block.norm1(x))
+    x = x + block.attn(block.mlp_norm(x))
+    return x + block.mlp(block.attn_norm(x))
 
 
 @pytest.mark.parametrize("forward, expected", [
@@ -138,9 +138,9 @@ def swapped_norms(block, x):
     (lambda block, x: block(x), "✅ vit_block_forward: passed"),
     (stub, "⏳ vit_block_forward: not implemented yet"),
     (post_norm, "post-norm block"),
-    (lambda block, x: block.mlp(block.norm2(block.attn(block.norm1(x)))), "residual connections are missing"),
-    (lambda block, x: x + block.attn(block.norm1(x)), "MLP update is missing"),
-    (lambda block, x: x + block.attn(block.norm1(x)) + block.mlp(block.norm2(x)), "reads the block's input"),
+    (lambda block, x: block.mlp(block.mlp_norm(block.attn(block.attn_norm(x)))), "residual connections are missing"),
+    (lambda block, x: x + block.attn(block.attn_norm(x)), "MLP update is missing"),
+    (lambda block, x: x + block.attn(block.attn_norm(x)) + block.mlp(block.mlp_norm(x)), "reads the block's input"),
     (swapped_norms, "wrong values"),
     (lambda block, x: x[:, :4], "has shape (2, 4, 16), expected (2, 5, 16)"),
 ])

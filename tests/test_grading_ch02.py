@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from minivlm import rope
-from minivlm.grading import ch02
+from minivlm.course.grading import ch02
 
 
 def stub(*args, **kwargs):

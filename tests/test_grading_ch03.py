@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from minivlm import contrastive
-from minivlm.grading import ch03
+from minivlm.course.grading import ch03
 
 
 def similarity(images, texts, scale):

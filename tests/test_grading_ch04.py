@@ -1,12 +1,12 @@
-"""minivlm.grading.ch04: the reference passes, typical mistakes get a specific hint, stubs say 'not implemented'."""
+"""minivlm.course.grading.ch04: the reference passes, typical mistakes get a specific hint, stubs say 'not implemented'."""
 
 import math
 
 import pytest
 import torch
 
-from minivlm import attention, lm
-from minivlm.grading import ch04
+from minivlm import attention, generation
+from minivlm.course.grading import ch04
 
 
 def stub(*args, **kwargs):
@@ -42,7 +42,7 @@ REFERENCES = [
     (ch04.check_attend_with_cache, attend_with_cache),
     (ch04.check_sample_top_k, sample_top_k),
     (ch04.check_sample_top_k, lambda logits, k, temperature, generator:
-        lm.sample_next_token(logits, temperature, k, generator)),
+        generation.sample_next_token(logits, temperature, k, generator)),
 ]
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from minivlm.grading import ch05
+from minivlm.course.grading import ch05
 from minivlm.lm import IGNORE_INDEX
 from minivlm.pixel_unshuffle import pixel_unshuffle
 

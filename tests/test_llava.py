@@ -3,9 +3,10 @@ teacher-forced scoring that agrees with KV-cached greedy generation."""
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from minivlm.data import ShapesGenerator, Tokenizer, WorldConfig
-from minivlm.evaluate import answer_correct, encode_vqa, sample_vqa, vqa_accuracy
+from minivlm.data import ShapesGenerator, Tokenizer, WorldConfig, sample_vqa
+from minivlm.evaluate import answer_correct, encode_vqa, vqa_accuracy
 from minivlm.lm import IGNORE_INDEX
 from minivlm.models.llava import Llava, LlavaConfig, answer_questions, chat_prompt, encode_chat
 from minivlm.train import TrainConfig, fit
@@ -43,10 +44,13 @@ def test_shapes_and_visual_token_counts(projector, tokens):
     assert model.config.num_visual_tokens == tokens
     batch = encode_chat(TOKENIZER, QUESTIONS, ANSWERS)
     images = scenes_and_images(3)[1]
-    logits, loss = model(images, batch["input_ids"], batch["attention_mask"], batch["labels"])
+    logits, loss, labels = model(images, batch["input_ids"], batch["attention_mask"], batch["labels"])
     L = batch["input_ids"].shape[1]
-    assert logits.shape == (3, L - 1 + tokens, len(TOKENIZER))
-    assert loss.dim() == 0 and torch.isfinite(loss)
+    assert logits.shape == (3, L - 1 + tokens, len(TOKENIZER)) and labels.shape == logits.shape[:2]
+    # the labels are aligned with the logits: the answer's words sit after the visual tokens
+    torch.testing.assert_close(loss, F.cross_entropy(logits[:, :-1].reshape(-1, len(TOKENIZER)),
+                                                     labels[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX))
+    assert sorted(labels[labels != IGNORE_INDEX].tolist()) == sorted(batch["labels"][batch["labels"] != IGNORE_INDEX].tolist())
 
 
 def test_chat_template_and_answer_only_labels():
@@ -80,7 +84,7 @@ def test_loss_covers_answer_tokens_only():
     model = tiny()
     batch = encode_chat(TOKENIZER, QUESTIONS, ANSWERS)
     images = scenes_and_images(3)[1]
-    logits, loss = model(images, batch["input_ids"], batch["attention_mask"], batch["labels"])
+    logits, loss, labels = model(images, batch["input_ids"], batch["attention_mask"], batch["labels"])
     T = model.config.num_visual_tokens
     labels = torch.cat([batch["labels"][:, :1], torch.full((3, T - 1), IGNORE_INDEX), batch["labels"][:, 1:]], 1)
     targets = labels[:, 1:]
@@ -98,7 +102,7 @@ def test_prefix_attention(prefix):
     a = encode_chat(TOKENIZER, ["how many circles are there ?"], ["two"])
     b = encode_chat(TOKENIZER, ["how many squares are there ?"], ["two"])
     c = encode_chat(TOKENIZER, ["how many circles are there ?"], ["three"])
-    logits = {k: model(images, v["input_ids"])[0] for k, v in dict(a=a, b=b, c=c).items()}
+    logits = {k: model(images, v["input_ids"]).logits for k, v in dict(a=a, b=b, c=c).items()}
     T = model.config.num_visual_tokens
     image_rows = slice(2, 2 + T)
     question_changed = not torch.allclose(logits["a"][0, image_rows], logits["b"][0, image_rows])
@@ -113,8 +117,8 @@ def test_one_image_serves_several_questions():
     images = scenes_and_images(2)[1]
     batch = encode_chat(TOKENIZER, QUESTIONS, ANSWERS)
     index = torch.tensor([1, 0, 1])
-    shared, _ = model(images, batch["input_ids"], batch["attention_mask"], image_index=index)
-    repeated, _ = model(images[index], batch["input_ids"], batch["attention_mask"])
+    shared = model(images, batch["input_ids"], batch["attention_mask"], image_index=index).logits
+    repeated = model(images[index], batch["input_ids"], batch["attention_mask"]).logits
     assert torch.allclose(shared, repeated, atol=1e-5)
 
 
@@ -137,7 +141,7 @@ def test_stage_one_training_changes_only_the_projector():
     scenes, images = scenes_and_images(4)
     batch = encode_vqa(TOKENIZER, sample_vqa(scenes, 2))
     fit(model, lambda step: batch | {"images": images}, lambda m, b: m(
-        b["images"], b["input_ids"], b["attention_mask"], b["labels"], b["image_index"])[1],
+        b["images"], b["input_ids"], b["attention_mask"], b["labels"], b["image_index"]).loss,
         TrainConfig(steps=3, warmup_steps=1, progress=False, device="cpu"))
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]) != key.startswith("projector."), key
@@ -159,7 +163,7 @@ def test_load_vision_tower_from_clip():
     tower = clip.CLIP(clip.CLIPConfig(vision=c.vision_config(), vocab_size=len(TOKENIZER))).vision
     model.load_vision_tower(tower)
     images = scenes_and_images(2)[1]
-    assert torch.equal(model.vision(images)[0], tower(images)[0])
+    assert torch.equal(model.vision(images).tokens, tower(images).tokens)
 
 
 def test_bad_inputs():
@@ -186,6 +190,21 @@ def test_bad_inputs():
         LlavaConfig(image_size=24, patch_size=4, unshuffle_factor=4)
     with pytest.raises(ValueError, match="projector"):
         LlavaConfig(projector="qformer")
+    with pytest.raises(ValueError, match="vocab_size"):
+        model(images, ids.masked_fill(ids == TOKENIZER.bos_id, 10_000))
+
+
+def test_validate_false_skips_only_the_value_checks():
+    """validate=False (the training hot path: no GPU -> CPU sync) computes the same thing."""
+    model = tiny()
+    batch = encode_chat(TOKENIZER, QUESTIONS, ANSWERS)
+    images = scenes_and_images(3)[1]
+    args = (images, batch["input_ids"], batch["attention_mask"], batch["labels"])
+    checked, unchecked = model(*args), model(*args, validate=False)
+    torch.testing.assert_close(checked.logits, unchecked.logits)
+    torch.testing.assert_close(checked.loss, unchecked.loss)
+    with pytest.raises(ValueError, match="images must be"):      # shape checks still run
+        model(torch.rand(3, 3, 8, 8), *args[1:], validate=False)
 
 
 def trained_tiny(steps=40):
@@ -198,7 +217,7 @@ def trained_tiny(steps=40):
     def get_batch(step):
         return images, data["input_ids"], data["attention_mask"], data["labels"], data["image_index"]
 
-    fit(model, get_batch, lambda m, b: m(*b)[1],
+    fit(model, get_batch, lambda m, b: m(*b).loss,
         TrainConfig(steps=steps, lr=1e-2, warmup_steps=5, progress=False, device="cpu"))
     return model.eval()
 

@@ -12,18 +12,29 @@ def test_shapes_and_other_image_sizes(positions, pool):
     vit = ViT(ViTConfig(image_size=32, patch_size=4, dim=32, depth=2, heads=4, positions=positions, pool=pool))
     tokens, pooled = vit(torch.rand(2, 3, 32, 32))
     assert tokens.shape == (2, 64, 32) and pooled.shape == (2, 32)
-    tokens, pooled, maps = vit(torch.rand(2, 3, 48, 48), return_attention=True)
-    assert tokens.shape == (2, 144, 32) and len(maps) == 2
-    assert maps[0].shape == (2, 4, 144 + (pool == "cls"), 144 + (pool == "cls"))
+    out = vit(torch.rand(2, 3, 48, 48))
+    assert out.tokens.shape == (2, 144, 32) and out.pooled.shape == (2, 32)
+    maps = vit.attention_maps(torch.rand(2, 3, 48, 48))
+    assert len(maps) == 2 and maps[0].shape == (2, 4, 144 + (pool == "cls"), 144 + (pool == "cls"))
 
 
-def test_attention_path_equals_sdpa_path():
+@pytest.mark.parametrize("pool", ["mean", "cls"])
+def test_attention_maps_path_equals_sdpa_path(pool):
+    """attention_maps runs the plain-math attention; replaying its last map by hand gives forward's tokens."""
     torch.manual_seed(0)
-    vit = ViT(ViTConfig(dim=32, depth=2, heads=2)).eval()
+    vit = ViT(ViTConfig(dim=32, depth=2, heads=2, pool=pool)).eval()
     images = torch.rand(2, 3, 32, 32)
-    tokens, pooled = vit(images)
-    tokens_math, pooled_math, _ = vit(images, return_attention=True)
-    assert torch.allclose(tokens, tokens_math, atol=1e-5)
+    x, rope = vit.embed(images)
+    for block in vit.blocks:
+        x_math, weights = block.forward_with_weights(x, rope=rope)
+        x_sdpa = block(x, rope=rope)
+        torch.testing.assert_close(x_math, x_sdpa, rtol=1e-5, atol=1e-5)
+        x = x_sdpa
+    out = vit(images)
+    torch.testing.assert_close(vit.pool(vit.norm(x)).pooled, out.pooled)
+    maps = vit.attention_maps(images)
+    assert all(torch.allclose(m.sum(-1), torch.ones_like(m[..., 0])) for m in maps)
+    torch.testing.assert_close(maps[-1], weights)
 
 
 def test_positions_matter_and_bag_of_patches_is_permutation_equivariant():
@@ -54,7 +65,10 @@ def test_sincos_2d_rows_and_columns():
 def test_classifier_and_parameter_count():
     model = ViTClassifier(ViTConfig(dim=32, depth=2, heads=4), num_classes=5)
     assert model(torch.rand(3, 3, 32, 32)).shape == (3, 5)
-    assert sum(p.numel() for p in model.parameters()) > 0
+    patch_embed = 32 * 3 * 4 * 4 + 32                                  # Conv2d(3, 32, 4, 4)
+    block = 4 * (32 * 32 + 32) + 2 * 2 * 32 + (32 * 128 + 128 + 128 * 32 + 32)
+    positions, final_norm, head = 64 * 32, 2 * 32, 32 * 5 + 5
+    assert sum(p.numel() for p in model.parameters()) == patch_embed + positions + 2 * block + final_norm + head
 
 
 def test_bad_config_and_input():

@@ -1,9 +1,10 @@
-"""The Shapes world (scenes, images, text) and its word-level tokenizer."""
+"""The Shapes world (scenes, images, text, datasets) and its word-level tokenizer."""
 
-from .shapes import (
-    BACKGROUND, COLORS, NUMBER_WORDS, PLURALS, POSITIONS, QUESTION_KINDS, SHAPES, SIZES, SPLITS,
-    QA, SceneBatch, ShapesDataset, ShapesGenerator, WorldConfig,
-    caption, classification_labels, collate_examples, concat_scenes, position_word, questions, scenes_from_objects,
-    render, sample_qa, sample_scenes, scene_hash, scene_split, world_vocabulary,
+from .world import (
+    BACKGROUND, COLORS, NUMBER_WORDS, PLURALS, POSITIONS, SHAPES, SIZES, SPLITS, SceneBatch, WorldConfig,
+    classification_labels, concat_scenes, position_word, sample_scenes, scene_hash, scene_split, scenes_from_objects,
 )
+from .render import render
+from .text import QA, QUESTION_KINDS, caption, questions, sample_qa, sample_vqa, world_vocabulary
+from .datasets import ShapesDataset, ShapesGenerator, collate_examples
 from .tokenizer import SPECIAL_TOKENS, Tokenizer

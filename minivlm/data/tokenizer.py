@@ -13,7 +13,7 @@ import re
 
 import torch
 
-from .shapes import world_vocabulary
+from .text import world_vocabulary
 
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<image>", "<video>", "<user>", "<assistant>", "<system>")
 TOKEN_PATTERN = re.compile(r"<[^<>\s]+>|[?.,]|[^\s?.,<]+|<")

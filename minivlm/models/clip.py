@@ -1,31 +1,36 @@
-"""A CLIP-style dual encoder (Radford et al. 2021), trainable with the CLIP or SigLIP loss.
+"""A CLIP-style dual encoder (Radford et al. 2021, arXiv 2103.00020), trainable with the CLIP or SigLIP loss.
 
     images (B, 3, H, W) -> ViT -> pooled (B, D_img) -> linear -> L2-normalise -> (B, E)
     input_ids (B, L), attention_mask (B, L) -> token + position embeddings -> pre-norm blocks
         -> LayerNorm -> pool at <eos> (or mean of real tokens) -> linear -> L2-normalise -> (B, E)
+The text tower is the same pre-norm block as the ViT (blocks.TransformerBlock: LayerNorm,
+GELU MLP), with learned absolute positions and, by default, causal attention as in CLIP.
 
 The two towers meet only in the shared E-dimensional space: after contrastive training a
 caption lands next to its image, so a class can be named in words and found without any
 classifier training ("zero-shot"): embed a prompt per class, pick the nearest to the image.
 
 The model carries its loss type (`CLIPConfig.loss`):
-    "clip"    one learnable temperature, stored as log(scale), init log(1/0.07);
-              forward returns (image_features, text_features, logit_scale)
-    "siglip"  a learnable scale (init 10, also stored as a log) and bias (init -10);
-              forward returns (image_features, text_features, logit_scale, logit_bias)
-so `contrastive.contrastive_loss(*model(images, ids, mask))` is the right loss for either.
+    "clip"    one learnable temperature, stored as log(scale), init log(1/0.07); no bias
+    "siglip"  a learnable scale (init 10, also stored as a log) and bias (init -10)
+forward returns CLIPOutput(image_features, text_features, logit_scale, logit_bias), with
+logit_bias None for CLIP, so `contrastive.contrastive_loss(*model(images, ids, mask))` is the
+right loss for either.
 The exponentiated scale is clamped at `max_logit_scale` (100, as in CLIP): beyond that the
 logits get so sharp that training becomes unstable.
 """
 
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..vit import ViT, ViTBlock, ViTConfig
+from ..attention import causal_mask
+from ..blocks import TransformerBlock
+from ..vit import ViT, ViTConfig
 
 
 @dataclass
@@ -67,10 +72,12 @@ class TextEncoder(nn.Module):
         c = self.config = config
         self.token_embed = nn.Embedding(c.vocab_size, c.text_dim)
         self.pos_embed = nn.Parameter(torch.randn(1, c.max_text_len, c.text_dim) * 0.02)
-        self.blocks = nn.ModuleList(ViTBlock(c.text_dim, c.text_heads) for _ in range(c.text_depth))
+        self.blocks = nn.ModuleList(TransformerBlock(c.text_dim, c.text_heads, 4 * c.text_dim)
+                                    for _ in range(c.text_depth))
         self.norm = nn.LayerNorm(c.text_dim)
 
-    def forward(self, input_ids, attention_mask=None):
+    def forward(self, input_ids, attention_mask=None, validate=True):
+        """validate=False skips the check that reads tensor values (a GPU -> CPU sync): <eos> in every row."""
         c = self.config
         if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.dtype != torch.long:
             raise ValueError(f"input_ids must be a (B, L) long tensor, got "
@@ -83,26 +90,34 @@ class TextEncoder(nn.Module):
         if attention_mask.shape != (B, L):
             raise ValueError(f"attention_mask must be (B, L) = ({B}, {L}), got {tuple(attention_mask.shape)}")
         real = attention_mask.bool()
-        if c.text_pool == "eos":
-            has_eos = (input_ids == c.eos_id) & real
-            if not has_eos.any(1).all():
-                raise ValueError("every row of input_ids needs an <eos> token for text_pool='eos' "
-                                 "(encode with add_eos=True)")
+        is_eos = (input_ids == c.eos_id) & real
+        if validate and c.text_pool == "eos" and not is_eos.any(1).all():
+            raise ValueError("every row of input_ids needs an <eos> token for text_pool='eos' "
+                             "(encode with add_eos=True)")
         # Keys at padding are masked; a token may always see itself, so no row is ever empty.
         allowed = real[:, None, :] | torch.eye(L, dtype=torch.bool, device=real.device)   # (B, L, L)
+        if c.text_causal:
+            allowed = allowed & causal_mask(L, L, real.device)
         x = self.token_embed(input_ids) + self.pos_embed[:, :L]
         for block in self.blocks:
-            x = block(x, attn_mask=allowed, is_causal=c.text_causal)
+            x = block(x, attn_mask=allowed[:, None])
         x = self.norm(x)
         if c.text_pool == "eos":                 # with causal attention <eos> has read the whole text
-            eos_position = has_eos.int().argmax(1)                                    # first <eos>
+            eos_position = is_eos.int().argmax(1)                                     # first <eos>
             return x[torch.arange(B, device=x.device), eos_position]
         weights = real.to(x.dtype)[..., None]
         return (x * weights).sum(1) / weights.sum(1)
 
 
+class CLIPOutput(NamedTuple):
+    image_features: torch.Tensor          # (B, E), unit length
+    text_features: torch.Tensor           # (B, E), unit length
+    logit_scale: torch.Tensor             # scalar
+    logit_bias: Optional[torch.Tensor]    # scalar for SigLIP, None for CLIP
+
+
 class CLIP(nn.Module):
-    """forward(images, input_ids, attention_mask) -> (image_features, text_features, scale[, bias])."""
+    """forward(images, input_ids, attention_mask) -> CLIPOutput(image_features, text_features, scale, bias)."""
 
     def __init__(self, config: CLIPConfig = None):
         super().__init__()
@@ -117,22 +132,22 @@ class CLIP(nn.Module):
 
     def encode_image(self, images):
         """(B, 3, H, W) -> (B, E), unit length."""
-        return F.normalize(self.image_projection(self.vision(images)[1]), dim=-1)
+        return F.normalize(self.image_projection(self.vision(images).pooled), dim=-1)
 
-    def encode_text(self, input_ids, attention_mask=None):
+    def encode_text(self, input_ids, attention_mask=None, validate=True):
         """(B, L) ids and mask -> (B, E), unit length."""
-        return F.normalize(self.text_projection(self.text(input_ids, attention_mask)), dim=-1)
+        return F.normalize(self.text_projection(self.text(input_ids, attention_mask, validate)), dim=-1)
 
     def logit_scale(self):
         """exp(log scale), clamped to max_logit_scale (no gradient pushes it past the clamp)."""
         return self.log_logit_scale.clamp(max=math.log(self.config.max_logit_scale)).exp()
 
-    def forward(self, images, input_ids, attention_mask=None):
+    def forward(self, images, input_ids, attention_mask=None, validate=True):
         if images.shape[0] != input_ids.shape[0]:
             raise ValueError(f"images and input_ids must hold the same number of pairs, "
                              f"got {images.shape[0]} and {input_ids.shape[0]}")
-        outputs = (self.encode_image(images), self.encode_text(input_ids, attention_mask), self.logit_scale())
-        return outputs + (self.logit_bias,) if self.config.loss == "siglip" else outputs
+        return CLIPOutput(self.encode_image(images), self.encode_text(input_ids, attention_mask, validate),
+                          self.logit_scale(), self.logit_bias if self.config.loss == "siglip" else None)
 
 
 @torch.no_grad()

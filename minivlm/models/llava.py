@@ -1,4 +1,4 @@
-"""LLaVA (Liu et al. 2023, "Visual Instruction Tuning"): a ViT, a projector and a decoder LM.
+"""LLaVA (Liu et al. 2023, "Visual Instruction Tuning", arXiv 2304.08485): a ViT, a projector and a decoder LM.
 
     images (B_img, 3, H, W) -> ViT -> patch tokens (B_img, N, Dv)
         -> projector -> visual tokens (B_img, T, Dt)     T = N, or N/r² with InternVL's unshuffle
@@ -23,14 +23,19 @@ Two details matter at toy scale. Images are standardised per channel before the 
 their content would otherwise drown under the ViT's position features. And the LM's input and
 output embeddings are untied by default: the same words ("circle", "red") are what a question
 looks for and what an answer says, and one matrix serving both learns much more slowly.
+
+(A little over the course's ~250 lines a file: the model, its chat template and the decoding
+of its answers are one concept, read together.)
 """
 
 from dataclasses import dataclass
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn as nn
 
-from ..lm import IGNORE_INDEX, LanguageModel, LMConfig
+from ..attention import causal_mask
+from ..lm import IGNORE_INDEX, LanguageModel, LMConfig, check_token_ids, next_token_loss
 from ..projector import PROJECTORS, build_projector
 from ..vit import ViT, ViTConfig
 
@@ -106,8 +111,22 @@ def encode_chat(tokenizer, questions, answers=None, *, padding_side="right"):
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+class MergedInputs(NamedTuple):
+    """The LM's input after the visual tokens are spliced in; S = L - 1 + T."""
+    embeds: torch.Tensor                    # (B, S, D)
+    attention_mask: Optional[torch.Tensor]  # (B, S) bool, or None
+    labels: Optional[torch.Tensor]          # (B, S), -100 on prompt and image, or None
+    prefix: torch.Tensor                    # (B, S) bool, True up to and including <assistant>
+
+
+class VLMOutput(NamedTuple):
+    logits: torch.Tensor                    # (B, S, V)
+    loss: Optional[torch.Tensor]            # scalar, or None without labels
+    labels: Optional[torch.Tensor]          # (B, S): the labels aligned with the logits, or None
+
+
 class Llava(nn.Module):
-    """forward(images, input_ids, ...) -> (logits (B, L - 1 + T, V), loss or None)."""
+    """forward(images, input_ids, ...) -> VLMOutput(logits (B, L - 1 + T, V), loss, labels)."""
 
     def __init__(self, config: LlavaConfig = None):
         super().__init__()
@@ -115,6 +134,28 @@ class Llava(nn.Module):
         self.vision = ViT(c.vision_config())
         self.projector = build_projector(c.projector, c.vision_dim, c.text_dim, c.unshuffle_factor)
         self.lm = LanguageModel(c.lm_config())
+
+    def forward(self, images, input_ids, attention_mask=None, labels=None, image_index=None, validate=True):
+        """images (B_img, 3, H, W) in [0, 1]; input_ids, attention_mask, labels (B, L); image_index (B,).
+        validate=False skips the checks that read tensor values (a GPU -> CPU sync each)."""
+        if validate:
+            self.check_prompts(input_ids, image_index, len(images))
+        merged = self.merge_image_tokens(input_ids, self.encode_images(images), attention_mask, labels, image_index)
+        logits = self.lm(inputs_embeds=merged.embeds, attention_mask=merged.attention_mask,
+                         attn_mask=self.prefix_attention(merged.prefix)).logits
+        loss = None if labels is None else next_token_loss(logits, merged.labels)
+        return VLMOutput(logits, loss, merged.labels)
+
+    @torch.no_grad()
+    def generate(self, images, input_ids, attention_mask=None, image_index=None, max_new_tokens=4, **sampling):
+        """Answer left-padded prompts with the LM's KV-cached generation: new ids (B, T_new)."""
+        if attention_mask is not None and not attention_mask[:, -1].all():
+            raise ValueError("prompts must be left-padded for generation (encode_chat(..., padding_side='left'))")
+        self.check_prompts(input_ids, image_index, len(images))
+        merged = self.merge_image_tokens(input_ids, self.encode_images(images), attention_mask, None, image_index)
+        return self.lm.generate(inputs_embeds=merged.embeds, attention_mask=merged.attention_mask,
+                                attn_mask=self.prefix_attention(merged.prefix), max_new_tokens=max_new_tokens,
+                                eos_id=self.config.eos_token_id, **sampling)
 
     def normalize(self, images):
         """Images in [0, 1] -> standardised per channel, what the ViT reads (B, 3, H, W)."""
@@ -128,41 +169,46 @@ class Llava(nn.Module):
 
     def encode_images(self, images):
         """(B_img, 3, H, W) in [0, 1] -> visual tokens in the LM's space (B_img, T, Dt)."""
-        patch_tokens, _ = self.vision(self.normalize(images))
-        return self.projector(patch_tokens)
+        return self.projector(self.vision(self.normalize(images)).tokens)
+
+    def check_prompts(self, input_ids, image_index, num_images):
+        """Token ids in range, one <image> and an <assistant> per row, image_index in range (reads values)."""
+        c = self.config
+        check_token_ids(input_ids, c.vocab_size)
+        images_per_row = (input_ids == c.image_token_id).sum(1)
+        if not (images_per_row == 1).all():
+            bad = int((images_per_row != 1).nonzero()[0, 0])
+            raise ValueError(f"every prompt needs exactly one <image> placeholder (id {c.image_token_id}); "
+                             f"row {bad} of input_ids has {int(images_per_row[bad])}")
+        if not (input_ids == c.assistant_token_id).any(1).all():
+            raise ValueError(f"every prompt needs an <assistant> token (id {c.assistant_token_id}) that "
+                             f"ends the prompt: see chat_prompt()")
+        B = input_ids.shape[0]
+        if image_index is None and num_images != B:
+            raise ValueError(f"got {num_images} images for {B} prompts: pass image_index (B,)")
+        if image_index is not None and (image_index.shape != (B,) or not 0 <= image_index.min() <= image_index.max() < num_images):
+            raise ValueError(f"image_index must be (B,) = ({B},) with values in [0, {num_images})")
 
     def merge_image_tokens(self, input_ids, image_embeds, attention_mask=None, labels=None, image_index=None):
-        """Replace each row's <image> id by its image's T visual tokens.
+        """Replace each row's <image> id by its image's T visual tokens -> MergedInputs.
 
-        input_ids (B, L) with exactly one <image> per row; image_embeds (B_img, T, D);
-        image_index (B,) the image of each row (default: row b asks about image b).
-        Returns embeddings (B, S, D), attention_mask (B, S), labels (B, S) or None, and the
-        prefix mask (B, S), True up to and including <assistant>; S = L - 1 + T.
+        input_ids (B, L) with exactly one <image> per row (see check_prompts); image_embeds
+        (B_img, T, D); image_index (B,) the image of each row (default: row b asks about image b).
         """
         c = self.config
         B, L = input_ids.shape
         T = image_embeds.shape[1]
-        is_image = input_ids == c.image_token_id
-        if not (is_image.sum(1) == 1).all():
-            bad = int((is_image.sum(1) != 1).nonzero()[0, 0])
-            raise ValueError(f"every prompt needs exactly one <image> placeholder (id {c.image_token_id}); "
-                             f"row {bad} of input_ids has {int(is_image[bad].sum())}")
-        if image_index is None:
-            if image_embeds.shape[0] != B:
-                raise ValueError(f"got {image_embeds.shape[0]} images for {B} prompts: pass image_index (B,)")
-            image_index = torch.arange(B, device=input_ids.device)
-        elif image_index.shape != (B,) or image_index.min() < 0 or image_index.max() >= image_embeds.shape[0]:
-            raise ValueError(f"image_index must be (B,) = ({B},) with values in [0, {image_embeds.shape[0]})")
-        image_embeds = image_embeds[image_index]                                   # (B, T, D)
+        if image_index is not None:
+            image_embeds = image_embeds[image_index]                               # (B, T, D)
 
         # Output position s takes text token s before the image, visual token s - p inside it,
         # and text token s - T + 1 after it (p = the <image> position of the row).
-        image_at = is_image.int().argmax(1)[:, None]                              # (B, 1)
+        image_at = (input_ids == c.image_token_id).int().argmax(1)[:, None]       # (B, 1)
         s = torch.arange(L - 1 + T, device=input_ids.device)[None]                # (1, S)
         offset = s - image_at                                                     # (B, S)
         is_visual = (offset >= 0) & (offset < T)
         text_source = torch.where(offset < 0, s, s - T + 1).clamp(0, L - 1)       # (B, S)
-        text = self.lm.embed(input_ids)
+        text = self.lm.tok_emb(input_ids)
         table = torch.cat([text, image_embeds], dim=1)                           # (B, L + T, D)
         source = torch.where(is_visual, L + offset, text_source)
         embeds = table.gather(1, source[..., None].expand(-1, -1, table.shape[-1]))
@@ -171,39 +217,17 @@ class Llava(nn.Module):
             attention_mask = attention_mask.bool().gather(1, text_source) | is_visual
         if labels is not None:
             labels = labels.gather(1, text_source).masked_fill(is_visual, IGNORE_INDEX)
-        ids = input_ids.gather(1, text_source).masked_fill(is_visual, c.image_token_id)
-        is_assistant = ids == c.assistant_token_id
-        if not is_assistant.any(1).all():
-            raise ValueError(f"every prompt needs an <assistant> token (id {c.assistant_token_id}) that "
-                             f"ends the prompt: see chat_prompt()")
+        is_assistant = input_ids.gather(1, text_source).masked_fill(is_visual, c.image_token_id) == c.assistant_token_id
         prefix = (is_assistant.long().cumsum(1) - is_assistant.long()) == 0
-        return embeds, attention_mask, labels, prefix
+        return MergedInputs(embeds, attention_mask, labels, prefix)
 
     def prefix_attention(self, prefix):
         """(B, S, S) bool: causal, plus image and question tokens seeing each other."""
         S = prefix.shape[1]
-        causal = torch.ones(S, S, dtype=torch.bool, device=prefix.device).tril()
+        causal = causal_mask(S, S, prefix.device)
         if self.config.prefix == "causal":
             return causal.expand(prefix.shape[0], S, S)
         return causal | (prefix[:, :, None] & prefix[:, None, :])
-
-    def forward(self, images, input_ids, attention_mask=None, labels=None, image_index=None):
-        """images (B_img, 3, H, W); input_ids, attention_mask, labels (B, L); image_index (B,)."""
-        embeds, attention_mask, labels, prefix = self.merge_image_tokens(
-            input_ids, self.encode_images(images), attention_mask, labels, image_index)
-        return self.lm(inputs_embeds=embeds, labels=labels, attention_mask=attention_mask,
-                       attn_mask=self.prefix_attention(prefix))
-
-    @torch.no_grad()
-    def generate(self, images, input_ids, attention_mask=None, image_index=None, max_new_tokens=4, **sampling):
-        """Answer left-padded prompts with the LM's KV-cached generation: new ids (B, T_new)."""
-        if attention_mask is not None and not attention_mask[:, -1].all():
-            raise ValueError("prompts must be left-padded for generation (encode_chat(..., padding_side='left'))")
-        embeds, attention_mask, _, prefix = self.merge_image_tokens(
-            input_ids, self.encode_images(images), attention_mask, None, image_index)
-        return self.lm.generate(inputs_embeds=embeds, attention_mask=attention_mask,
-                                attn_mask=self.prefix_attention(prefix), max_new_tokens=max_new_tokens,
-                                eos_id=self.config.eos_token_id, **sampling)
 
     def set_stage(self, stage):
         """Which parts train: 1 = the projector alone, 2 = projector and LM, "all" = everything."""
@@ -236,9 +260,6 @@ def answer_questions(model, tokenizer, images, questions, image_index=None, max_
 
 def decode_answers(tokenizer, new_ids):
     """Generated ids (B, T_new) -> one string per row, cut at the first <eos>."""
-    answers = []
-    for row in new_ids.tolist():
-        row = row[:row.index(tokenizer.eos_id)] if tokenizer.eos_id in row else row
-        answers.append(tokenizer.decode(row))
-    return answers
+    rows = new_ids.tolist()
+    return [tokenizer.decode(row[:row.index(tokenizer.eos_id)] if tokenizer.eos_id in row else row) for row in rows]
 

@@ -9,27 +9,11 @@ the one that matches, so the hint says what to change.
 import math
 
 import torch
-import torch.nn.functional as F
 
 from minivlm import attention as attention_lib
 from minivlm import patching
-from minivlm.grading import Hint, check, expect_close, expect_shape
-from minivlm.vit import ViTBlock
-
-
-def _matches(actual, expected, atol=1e-5):
-    return (isinstance(actual, torch.Tensor) and actual.shape == expected.shape
-            and torch.allclose(actual.detach().float(), expected.float(), atol=atol, rtol=1e-4, equal_nan=True))
-
-
-def _diagnose(actual, expected, mistakes):
-    """If `actual` is wrong, raise the hint of the first known mistake whose output equals it.
-    (A mistake can coincide with the right answer on some inputs, e.g. flatten orders when C = 1: skipped.)"""
-    if _matches(actual, expected):
-        return
-    for wrong_output, hint in mistakes:
-        if _matches(actual, wrong_output) and not _matches(wrong_output, expected):
-            raise Hint(hint)
+from minivlm.course.grading import Hint, check, expect_close, expect_known_mistakes, expect_shape
+from minivlm.blocks import TransformerBlock
 
 
 # ----------------------------------------------------------------------------- patchify
@@ -56,20 +40,19 @@ def check_patchify(patchify):
         B, C, H, W = images.shape
         expect_shape(out, (B, (H // p) * (W // p), C * p * p), what,
                      hint="N = (H/P)·(W/P) patches, each a vector of C·P·P values (and don't assume C = 3).")
-        expected = patching.patchify(images, p)
-        _diagnose(out, expected, [
+        # with C = 1 the channel order doesn't show: expect_known_mistakes skips that mistake
+        expect_known_mistakes(out, patching.patchify(images, p), [
             (_patches(images, p, "channels last"),
-             f"{what} flattens each patch in (P, P, C) order. Flatten in (C, P, P) order — channels first — "
+             "it flattens each patch in (P, P, C) order. Flatten in (C, P, P) order — channels first — "
              "so a patch lines up with a Conv2d weight (D, C, P, P): permute to (B, H/P, W/P, C, P, P)."),
             (_patches(images, p, "columns first"),
-             f"{what} lists the patches column by column. Use raster order: row by row, left to right "
+             "it lists the patches column by column. Use raster order: row by row, left to right "
              "(the patch-row index comes before the patch-column index)."),
             (_patches(images, p, "no permute"),
-             f"{what} is a plain reshape, which mixes pixels of different patches. Split H into (H/P, P) "
+             "it is a plain reshape, which mixes pixels of different patches. Split H into (H/P, P) "
              "and W into (W/P, P), permute the two patch indices to the front, then flatten."),
-        ])
-        expect_close(out, expected, what,
-                     hint="reshape to (B, C, H/P, P, W/P, P), permute to (B, H/P, W/P, C, P, P), reshape to (B, N, C·P·P).")
+        ], what, hint="reshape to (B, C, H/P, P, W/P, P), permute to (B, H/P, W/P, C, P, P), "
+                      "reshape to (B, N, C·P·P).")
 
 
 # ----------------------------------------------------------------------------- patch embedding
@@ -87,14 +70,14 @@ def check_patch_embed_linear(patch_embed_linear):
         raise Hint(f"{what} has shape (2, 5, 6) = (B, D, N): put the patches first, (B, N, D).")
     expect_shape(out, (2, 6, 5), what, hint="one D-vector per patch: (B, N, D) with N = 6 patches and D = 5.")
     patches = patching.patchify(images, 4)                               # (2, 6, 48)
-    _diagnose(out, expected, [
-        (patches @ weight.reshape(5, -1).T, f"{what} is missing the bias: add conv_bias to every patch vector."),
-        (patches @ weight.reshape(48, 5) + bias, f"{what} reshapes the weight to (C·P·P, D) directly, which scrambles it. "
-                                          "Reshape it to (D, C·P·P) — one row per output channel — then transpose."),
+    expect_known_mistakes(out, expected, [
+        (patches @ weight.reshape(5, -1).T, "it is missing the bias: add conv_bias to every patch vector."),
+        (patches @ weight.reshape(48, 5) + bias,
+         "it reshapes the weight to (C·P·P, D) directly, which scrambles it. "
+         "Reshape it to (D, C·P·P) — one row per output channel — then transpose."),
         (_patches(images, 4, "channels last") @ weight.reshape(5, -1).T + bias,
-         f"{what} flattens the patches in (P, P, C) order, but the weight reshape is (C, P, P): use patchify's order."),
-    ])
-    expect_close(out, expected, what, hint="patchify(images, P) @ conv_weight.reshape(D, -1).T + conv_bias")
+         "it flattens the patches in (P, P, C) order, but the weight reshape is (C, P, P): use patchify's order."),
+    ], what, hint="patchify(images, P) @ conv_weight.reshape(D, -1).T + conv_bias")
 
 
 # ----------------------------------------------------------------------------- attention
@@ -145,10 +128,10 @@ def check_attention(attention):
         expected_out, expected_weights = attention_lib.attention_math(q, k, v, mask)
         expect_shape(weights, (2, 2, 3, 5), f"{what}: weights", hint="one weight per (query, key): (B, H, L, S).")
         expect_shape(out, (2, 2, 3, 8), f"{what}: output", hint="a weighted average of values: (B, H, L, d).")
-        _diagnose(weights, expected_weights, [(_attention_variant(q, k, v, mask, variant)[1], f"{what}: {hint}")
-                                              for variant, hint in ATTENTION_MISTAKES.items()])
-        expect_close(weights, expected_weights, f"{what}: weights",
-                     hint="softmax(q @ kᵀ / √d) over the keys, with masked scores set to -inf first.")
+        expect_known_mistakes(weights, expected_weights,
+                              [(_attention_variant(q, k, v, mask, variant)[1], hint)
+                               for variant, hint in ATTENTION_MISTAKES.items()], f"{what}: weights",
+                              hint="softmax(q @ kᵀ / √d) over the keys, with masked scores set to -inf first.")
         expect_close(out, expected_out, f"{what}: output", hint="the output is weights @ v.")
 
 
@@ -156,41 +139,41 @@ def check_attention(attention):
 
 def _block_variant(block, x, variant):
     if variant == "post-norm":
-        x = block.norm1(x + block.attn(x))
-        return block.norm2(x + block.mlp(x))
+        x = block.attn_norm(x + block.attn(x))
+        return block.mlp_norm(x + block.mlp(x))
     if variant == "no residual":
-        x = block.attn(block.norm1(x))
-        return block.mlp(block.norm2(x))
+        x = block.attn(block.attn_norm(x))
+        return block.mlp(block.mlp_norm(x))
     if variant == "no mlp":
-        return x + block.attn(block.norm1(x))
+        return x + block.attn(block.attn_norm(x))
     if variant == "parallel":
-        return x + block.attn(block.norm1(x)) + block.mlp(block.norm2(x))
+        return x + block.attn(block.attn_norm(x)) + block.mlp(block.mlp_norm(x))
     if variant == "norm in the residual":
-        x = block.norm1(x)
+        x = block.attn_norm(x)
         x = x + block.attn(x)
-        x = block.norm2(x)
+        x = block.mlp_norm(x)
         return x + block.mlp(x)
     raise ValueError(variant)
 
 
 BLOCK_MISTAKES = {
     "post-norm": "this is a post-norm block (normalise after adding). Pre-norm normalises the input of each "
-                 "sub-layer and adds the result to the un-normalised x: x = x + attn(norm1(x)).",
+                 "sub-layer and adds the result to the un-normalised x: x = x + attn(attn_norm(x)).",
     "no residual": "the residual connections are missing: add each sub-layer's output to x "
-                   "(x = x + attn(norm1(x)), then x = x + mlp(norm2(x))).",
-    "no mlp": "the MLP update is missing: after the attention update, x = x + mlp(norm2(x)).",
+                   "(x = x + attn(attn_norm(x)), then x = x + mlp(mlp_norm(x))).",
+    "no mlp": "the MLP update is missing: after the attention update, x = x + mlp(mlp_norm(x)).",
     "parallel": "the MLP reads the block's input, not the output of the attention update: first "
-                "x = x + attn(norm1(x)), then x = x + mlp(norm2(x)) with the new x.",
+                "x = x + attn(attn_norm(x)), then x = x + mlp(mlp_norm(x)) with the new x.",
     "norm in the residual": "the normalised x replaces x on the residual path. Keep x itself on the residual "
-                            "path and normalise only the sub-layer's input: x = x + attn(norm1(x)).",
+                            "path and normalise only the sub-layer's input: x = x + attn(attn_norm(x)).",
 }
 
 
 @check("vit_block_forward")
 def check_vit_block_forward(vit_block_forward):
     torch.manual_seed(0)
-    block = ViTBlock(dim=16, heads=2, mlp_ratio=2.0)
-    for norm in (block.norm1, block.norm2):                # non-trivial norms, so a swapped norm shows up
+    block = TransformerBlock(dim=16, heads=2, mlp_hidden=32)
+    for norm in (block.attn_norm, block.mlp_norm):                # non-trivial norms, so a swapped norm shows up
         torch.nn.init.normal_(norm.weight, 1.0, 0.3)
         torch.nn.init.normal_(norm.bias, 0.0, 0.3)
     block.eval()
@@ -200,6 +183,6 @@ def check_vit_block_forward(vit_block_forward):
         out = vit_block_forward(block, x.clone())
         expected = block(x)
         expect_shape(out, (2, 5, 16), what, hint="a block keeps the shape (B, N, D).")
-        _diagnose(out, expected, [(_block_variant(block, x, variant), f"{what}: {hint}")
-                                  for variant, hint in BLOCK_MISTAKES.items()])
-    expect_close(out, expected, what, hint="x = x + block.attn(block.norm1(x)); x = x + block.mlp(block.norm2(x))")
+        expect_known_mistakes(out, expected, [(_block_variant(block, x, variant), hint)
+                                              for variant, hint in BLOCK_MISTAKES.items()], what,
+                              hint="x = x + block.attn(block.attn_norm(x)); x = x + block.mlp(block.mlp_norm(x))")

@@ -1,22 +1,21 @@
-"""The Shapes world: scenes of coloured shapes, rendered in torch, with exact text about them.
+"""The Shapes world: its vocabulary, scenes of coloured shapes, and their train/val/test splits.
 
 A scene is up to N objects (shape, colour, size, position) in distinct cells of a
-grid x grid layout. Batches of scenes are a `SceneBatch` of (B, N) tensors; the three
-steps are separate functions over it, so later chapters can add time, documents or
+grid x grid layout. Batches of scenes are a `SceneBatch` of (B, N) tensors; each role
+that works on them has its own file, so later chapters can add time, documents or
 preference pairs without touching the others:
 
-    sample_scenes(B, config)        -> SceneBatch, tensors (B, N)
-    render(scenes, image_size)      -> images (B, 3, H, W) float32 in [0, 1]
-    caption / questions(scenes, i)  -> str / list[QA] for scene i
+    sample_scenes(B, config)        -> SceneBatch, tensors (B, N)              world.py
+    render(scenes, image_size)      -> images (B, 3, H, W) float32 in [0, 1]   render.py
+    caption / questions(scenes, i)  -> str / list[QA] for scene i              text.py
+    ShapesDataset / ShapesGenerator -> examples / endless batches of both      datasets.py
 
 Train, val and test never share a scene: a scene's split is its content hash mod 100.
 """
 
 import numbers
-import random
 from collections import OrderedDict
 from dataclasses import dataclass, fields
-from typing import NamedTuple
 
 import torch
 
@@ -38,7 +37,6 @@ NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "
 POSITIONS = ("top left", "top right", "bottom left", "bottom right")
 SPLITS = ("train", "val", "test")
 SPLIT_PERCENT = {"train": (0, 80), "val": (80, 90), "test": (90, 100)}  # [low, high) of hash % 100
-QUESTION_KINDS = ("count", "color", "shape", "position", "exists")
 
 
 @dataclass(frozen=True)
@@ -183,6 +181,8 @@ def sample_scenes(batch_size, config=WorldConfig(), *, generator=None, device="c
     raise ValueError(f"split {split!r} gets (almost) no scenes of this tiny world {config}: use a larger world")
 
 
+# ----------------------------------------------------------------------------- splits
+
 M31 = 0x7FFFFFFF
 
 
@@ -211,130 +211,7 @@ def scene_split(scenes):
     return (percent >= SPLIT_PERCENT["val"][0]).long() + (percent >= SPLIT_PERCENT["test"][0]).long()
 
 
-# ----------------------------------------------------------------------------- rendering
-
-def render(scenes, image_size=32, *, device=None):
-    """Paint scenes into (B, 3, H, W) float32 images in [0, 1], H = W = image_size."""
-    if not isinstance(image_size, int) or image_size < 1:
-        raise ValueError(f"image_size must be a positive int, got {image_size!r}")
-    if device is not None:
-        scenes = scenes.to(device)
-    device = scenes.x.device
-    B, N, S = *scenes.shape.shape, image_size
-    pixels = (torch.arange(S, device=device, dtype=torch.float32) + 0.5) / S  # pixel centres in [0, 1]
-    dx = pixels - scenes.x[..., None]  # (B, N, W)
-    dy = pixels - scenes.y[..., None]  # (B, N, H)
-    r = torch.tensor(SIZE_RADIUS, device=device)[scenes.size][..., None] / scenes.config.grid  # (B, N, 1)
-    # Every shape is "x_term(dx) + y_term(dy) <= 0": per-shape maths runs on these small
-    # (B, N, W) and (B, N, H) tensors, and each slot's (B, H, W) mask is a single broadcast
-    # compare x_term <= -y_term. Adding `far` rules a pixel out.
-    far = 8.0
-    shape = scenes.shape[..., None]
-    circle, square = SHAPES.index("circle"), SHAPES.index("square")
-    x_term = torch.where(shape == circle, dx * dx,                    # dx² + dy² <= r²
-             torch.where(shape == square, far * (dx.abs() > r),       # |dx| <= r and |dy| <= r
-                         2 * dx.abs()))                               # upward triangle: 2|dx| <= dy + r, dy <= r
-    y_term = torch.where(shape == circle, dy * dy - r * r,
-             torch.where(shape == square, far * (dy.abs() > r),
-                         far * (dy > r) - dy - r))
-    y_term = y_term + far * ~scenes.present[..., None]
-    # Paint slot after slot, so a later slot covers an earlier one if objects ever overlap.
-    owner = torch.zeros(B, S, S, dtype=torch.uint8, device=device)  # 0 = background, n + 1 = slot n
-    for n in range(N):
-        owner.masked_fill_(x_term[:, n, None, :] <= -y_term[:, n, :, None], n + 1)  # (B, H, W) mask
-    colors = torch.tensor([BACKGROUND, *COLORS.values()], device=device)  # (1 + num colors, 3)
-    palette = colors[torch.cat([torch.full_like(scenes.color[:, :1], -1), scenes.color], 1) + 1]  # (B, 1+N, 3)
-    images = palette.transpose(1, 2).gather(2, owner.view(B, 1, S * S).long().expand(B, 3, S * S))  # (B, 3, H*W)
-    return images.view(B, 3, S, S)
-
-
-# ----------------------------------------------------------------------------- text
-
-class QA(NamedTuple):
-    question: str
-    answer: str
-    kind: str
-
-
-def caption(scenes, i, *, rng=None):
-    """'a small red circle at the top left and a large blue square at the bottom right .'"""
-    objects = scenes.objects(i)
-    if rng is None:
-        objects.sort(key=lambda o: o["cell"])  # reading order
-    else:
-        rng.shuffle(objects)
-    phrases = [f"a {o['size']} {o['color']} {o['shape']} at the {o['position']}" for o in objects]
-    text = phrases[-1] if len(phrases) < 2 else " , ".join(phrases[:-1]) + " and " + phrases[-1]
-    return text + " ."
-
-
-def _article(word):
-    return "an" if word[0] in "aeiou" else "a"
-
-
-def _referents(objects, keys):
-    """[(object, where)] for objects named uniquely by `keys`, or by `keys` plus their position."""
-    found = []
-    for o in objects:
-        same = [p for p in objects if all(p[k] == o[k] for k in keys)]
-        if len(same) == 1:
-            found.append((o, ""))
-        elif sum(p["position"] == o["position"] for p in same) == 1:
-            found.append((o, f" at the {o['position']}"))
-    return found
-
-
-def sample_qa(scenes, i, kind, *, rng):
-    """One random question of `kind` about scene i, or None if no template has a unique answer."""
-    objects, config = scenes.objects(i), scenes.config
-    if kind == "count":
-        template = rng.randrange(3)
-        ask_present = objects and rng.random() < 0.5  # else most colour / shape counts would be "zero"
-        if template == 0:
-            return QA("how many shapes are there ?", NUMBER_WORDS[len(objects)], kind)
-        if template == 1:
-            color = rng.choice(objects)["color"] if ask_present else rng.choice(config.colors)
-            n = sum(o["color"] == color for o in objects)
-            return QA(f"how many {color} shapes are there ?", NUMBER_WORDS[n], kind)
-        shape = rng.choice(objects)["shape"] if ask_present else rng.choice(config.shapes)
-        n = sum(o["shape"] == shape for o in objects)
-        return QA(f"how many {PLURALS[shape]} are there ?", NUMBER_WORDS[n], kind)
-    if kind == "color":
-        choices = _referents(objects, ["shape"])
-        if choices:
-            o, where = rng.choice(choices)
-            return QA(f"what color is the {o['shape']}{where} ?", o["color"], kind)
-        return None
-    if kind == "shape":
-        choices = _referents(objects, ["color"])
-        if choices:
-            o, where = rng.choice(choices)
-            return QA(f"what shape is the {o['color']} object{where} ?", o["shape"], kind)
-        return None
-    if kind == "position":
-        choices = [o for o, where in _referents(objects, ["color", "shape"]) if not where]
-        if choices:
-            o = rng.choice(choices)
-            return QA(f"where is the {o['color']} {o['shape']} ?", o["position"], kind)
-        return None
-    if kind == "exists":
-        present = {(o["color"], o["shape"]) for o in objects}
-        absent = [(c, s) for c in config.colors for s in config.shapes if (c, s) not in present]
-        answer = "no" if absent and rng.random() < 0.5 else "yes"
-        color, shape = rng.choice(absent if answer == "no" else sorted(present))
-        return QA(f"is there {_article(color)} {color} {shape} ?", answer, kind)
-    raise ValueError(f"kind must be one of {QUESTION_KINDS}, got {kind!r}")
-
-
-def questions(scenes, i, *, rng=None, kinds=QUESTION_KINDS):
-    """One question per kind in `kinds` (skipping kinds with no unique answer) about scene i.
-
-    Without `rng` the questions are seeded by the scene's hash: the same scene, the same questions.
-    """
-    if rng is None:
-        rng = random.Random(int(scene_hash(scenes[i])[0]))
-    return [qa for kind in kinds if (qa := sample_qa(scenes, i, kind, rng=rng)) is not None]
-
+# ----------------------------------------------------------------------------- labels
 
 def classification_labels(scenes, task):
     """(B,) long labels: 'count' (number of objects), or 'color' / 'shape' / 'size' of the first object."""
@@ -343,66 +220,3 @@ def classification_labels(scenes, task):
     if task in ("color", "shape", "size"):
         return getattr(scenes, task)[:, 0].clone()
     raise ValueError(f"task must be 'count', 'color', 'shape' or 'size', got {task!r}")
-
-
-def world_vocabulary():
-    """Every word a caption, question or answer can contain, in grammar order."""
-    words = [*NUMBER_WORDS, *COLORS, *SHAPES, *PLURALS.values(), *SIZES]
-    words += [w for p in POSITIONS for w in p.split()]
-    words += "a an at the and , . ? how many shapes are there what color is shape object where yes no".split()
-    return list(dict.fromkeys(words))
-
-
-# ----------------------------------------------------------------------------- datasets
-
-class ShapesDataset(torch.utils.data.Dataset):
-    """A fixed, seeded set of `length` scenes of one split: {"image": (3, H, W), "caption", "qa", "index"}."""
-
-    def __init__(self, split="train", length=1000, config=WorldConfig(), image_size=32, seed=0):
-        if not isinstance(length, int) or length < 1:
-            raise ValueError(f"length must be a positive int, got {length!r}")
-        self.split, self.config, self.image_size, self.seed = split, config, image_size, seed
-        self.scenes = sample_scenes(length, config, generator=torch.Generator().manual_seed(seed), split=split)
-        self.images = None
-        if length * 3 * image_size**2 * 4 <= 256 * 2**20:  # render eagerly when it fits in 256 MB
-            self.images = torch.cat([render(self.scenes[k:k + 4096], image_size) for k in range(0, length, 4096)])
-
-    def __len__(self):
-        return len(self.scenes)
-
-    def __getitem__(self, i):
-        if not -len(self) <= i < len(self):
-            raise IndexError(f"index {i} out of range for a dataset of {len(self)} scenes")
-        i = i % len(self)
-        image = self.images[i] if self.images is not None else render(self.scenes[i], self.image_size)[0]
-        rng = random.Random(self.seed * 1_000_003 + i)
-        return {"image": image, "caption": caption(self.scenes, i),
-                "qa": questions(self.scenes, i, rng=rng), "index": i}
-
-
-def collate_examples(examples):
-    """Stack images to (B, 3, H, W); keep captions and QA lists as Python lists."""
-    return {"image": torch.stack([e["image"] for e in examples]),
-            "caption": [e["caption"] for e in examples],
-            "qa": [e["qa"] for e in examples],
-            "index": torch.tensor([e["index"] for e in examples])}
-
-
-class ShapesGenerator:
-    """An endless, seeded stream of (scenes, images (B, 3, H, W)) made on `device`."""
-
-    def __init__(self, config=WorldConfig(), image_size=32, split="train", seed=0, device="cpu"):
-        if split not in (*SPLITS, None):
-            raise ValueError(f"split must be one of {SPLITS} or None, got {split!r}")
-        self.config, self.image_size, self.split, self.device = config, image_size, split, torch.device(device)
-        self.generator = torch.Generator(device=self.device).manual_seed(seed)
-
-    def batch(self, batch_size):
-        scenes = sample_scenes(batch_size, self.config, generator=self.generator, device=self.device, split=self.split)
-        return scenes, render(scenes, self.image_size)
-
-    def state_dict(self):
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state):
-        self.generator.set_state(state["generator"])

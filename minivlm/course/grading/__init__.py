@@ -1,10 +1,10 @@
 """Automatic checks for the exercise notebooks: a pass, a hint, or "not implemented yet".
 
-Each chapter has a module `minivlm/grading/chNN.py` whose checks take the
+Each chapter has a module `minivlm/course/grading/chNN.py` whose checks take the
 learner's function, call it on small inputs and compare with the reference
 implementation from `minivlm/`. A check cell in a notebook reads
 
-    from minivlm.grading import ch01
+    from minivlm.course.grading import ch01
     ch01.check_patchify(patchify)
 
 and prints exactly one short block, never a traceback:
@@ -24,10 +24,25 @@ inside a function decorated with `@check("name")`:
         expect_close(patchify(images, 4), patching.patchify(images, 4), "patchify(images, 4)",
                      hint="each patch is flattened in (C, P, P) order")
 
-Notebook convention (see `minivlm/exercises.py`): solution regions sit inside
+When typical mistakes are known, `expect_known_mistakes` names the one the answer
+matches: each mistake is the wrong value it gives on this input and what to change.
+
+    expected = patching.patchify(images, 4)
+    expect_known_mistakes(out, expected, [
+        (images.reshape(2, -1, 48), "split H and W into patches before flattening, not a plain reshape."),
+    ], "patchify(images, 4)", hint="each patch is flattened in (C, P, P) order")
+
+passes when `out` matches `expected`, raises "patchify(images, 4) has the wrong values.
+Hint: split H and W ..." when it matches the plain reshape, and `expect_close`'s own
+message otherwise. Integer and boolean outputs compare exactly: `exact=True`.
+
+Notebook convention (see `minivlm/course/exercises.py`): solution regions sit inside
 function bodies, so an exercise notebook still runs top to bottom, and its
 learner functions are only called from check cells, each reporting
 "not implemented yet" until filled in.
+
+(Over ~250 lines on purpose: running a check, finding the learner's line in a traceback and the
+`expect_*` helpers are one small library that every chapter's checks import as a whole.)
 """
 
 import functools
@@ -182,15 +197,20 @@ def expect_shape(tensor, shape, what, hint=None):
         raise Hint(_with_hint(f"{what} has shape {actual}, expected {wanted}.", hint))
 
 
+def _expect_like(actual, expected, what, hint):
+    """`actual` is a tensor of `expected`'s shape, dtype and device."""
+    _require_tensor(actual, what, hint)
+    expect_shape(actual, expected.shape, what, hint)
+    if actual.dtype != expected.dtype:
+        raise Hint(_with_hint(f"{what} has dtype {actual.dtype}, expected {expected.dtype}.", hint))
+    if actual.device != expected.device:
+        raise Hint(_with_hint(f"{what} is on {actual.device}, expected {expected.device}.", hint))
+
+
 def expect_close(actual, expected, what, hint=None, atol=1e-5, rtol=1e-4):
     """`actual` matches `expected` in shape, dtype, device and values (up to atol + rtol * |expected|)."""
     if isinstance(expected, torch.Tensor):
-        _require_tensor(actual, what, hint)
-        expect_shape(actual, expected.shape, what, hint)
-        if actual.dtype != expected.dtype:
-            raise Hint(_with_hint(f"{what} has dtype {actual.dtype}, expected {expected.dtype}.", hint))
-        if actual.device != expected.device:
-            raise Hint(_with_hint(f"{what} is on {actual.device}, expected {expected.device}.", hint))
+        _expect_like(actual, expected, what, hint)
     else:  # a Python number or list: compare values only
         try:
             actual, expected = torch.as_tensor(actual), torch.as_tensor(expected)
@@ -214,12 +234,44 @@ def expect_close(actual, expected, what, hint=None, atol=1e-5, rtol=1e-4):
 
 
 def expect_equal(actual, expected, what, hint=None):
-    """`actual == expected` exactly (tensors: same shape and every element equal)."""
+    """`actual == expected` exactly (tensors: same shape, dtype and device, and every element equal)."""
     if isinstance(expected, torch.Tensor):
-        _require_tensor(actual, what, hint)
-        expect_shape(actual, expected.shape, what, hint)
+        _expect_like(actual, expected, what, hint)
         if not torch.equal(actual.detach().cpu(), expected.detach().cpu()):
             mismatched = int((actual.detach().cpu() != expected.detach().cpu()).sum())
             raise Hint(_with_hint(f"{what} differs from the expected values at {mismatched} of {expected.numel()} positions.", hint))
     elif actual != expected:
         raise Hint(_with_hint(f"{what} is {_short_repr(actual)}, expected {_short_repr(expected)}.", hint))
+
+
+def expect_known_mistakes(value, expected, mistakes, what, hint=None, *, exact=False, atol=1e-5, rtol=1e-4):
+    """`value` matches `expected`, else the Hint names the known mistake that `value` matches.
+
+    The comparison is `expect_equal`'s if `exact` (integer and boolean outputs), else
+    `expect_close`'s with `atol` and `rtol`. `mistakes` lists `(wrong_value, mistake_hint)`:
+    the tensor a typical mistake gives on this input, and what to change. A wrong answer
+    equal to one of them (dtype and device aside) gets "`what` has the wrong values.
+    Hint: `mistake_hint`"; a mistake whose value equals `expected` on this input can't be
+    told apart from the right answer and is skipped. Any other wrong answer gets the
+    ordinary mismatch message, with `hint`.
+    """
+    try:
+        if exact:
+            expect_equal(value, expected, what, hint)
+        else:
+            expect_close(value, expected, what, hint, atol=atol, rtol=rtol)
+    except Hint:
+        for wrong, mistake_hint in mistakes:
+            if _matches(value, wrong, exact, atol, rtol) and not _matches(wrong, expected, exact, atol, rtol):
+                raise Hint(f"{what} has the wrong values. Hint: {mistake_hint}") from None
+        raise
+
+
+def _matches(value, wrong, exact, atol, rtol):
+    """Whether tensor `value` has the shape and values of `wrong`: equal if `exact`, else within tolerance."""
+    if not isinstance(value, torch.Tensor) or value.shape != wrong.shape:
+        return False
+    value, wrong = value.detach().cpu(), wrong.detach().cpu()
+    if exact:
+        return torch.equal(value, wrong)
+    return torch.allclose(value.double(), wrong.double(), atol=atol, rtol=rtol, equal_nan=True)

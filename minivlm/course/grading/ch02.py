@@ -1,6 +1,6 @@
 """Checks for chapter 02 (positions: RoPE, 2D RoPE, M-RoPE).
 
-    from minivlm.grading import ch02
+    from minivlm.course.grading import ch02
     ch02.check_rope_cos_sin(rope_cos_sin)
     ch02.check_apply_rope(apply_rope)
     ch02.check_rope_2d_cos_sin(rope_2d_cos_sin)
@@ -14,20 +14,8 @@ counted from the number of placeholders) to give a specific hint.
 
 import torch
 
-from .. import rope
-from . import Hint, check, expect_close, expect_equal, expect_shape
-
-
-def _diagnose(value, candidates, what, expected, atol=1e-5):
-    """Pass if `value` matches `expected`; else raise the hint of the first wrong answer it matches."""
-    try:
-        expect_close(value, expected, what)
-    except Hint as mismatch:
-        for wrong, hint in candidates:
-            wrong = torch.as_tensor(wrong)
-            if value.shape == wrong.shape and torch.allclose(value.detach().double().cpu(), wrong.double(), atol=atol):
-                raise Hint(f"{what} has the wrong values. Hint: {hint}") from None
-        raise mismatch
+from minivlm import rope
+from minivlm.course.grading import Hint, check, expect_close, expect_equal, expect_known_mistakes, expect_shape
 
 
 def _pair(result, what):
@@ -48,14 +36,14 @@ def check_rope_cos_sin(rope_cos_sin):
     expect_shape(cos, (5, D), what)
     angles = positions.float()[:, None] * rope.rope_frequencies(D)
     wrong_exponent = positions.float()[:, None] / 10000.0 ** (torch.arange(D // 2) / D)
-    _diagnose(cos, [
+    expect_known_mistakes(cos, expected_cos, [
         (angles.repeat_interleave(2, dim=-1).cos(),
          "this course pairs channel j with channel j + D/2 (halves), not neighbours: "
          "concatenate the angles, don't repeat_interleave them."),
         (torch.cat([wrong_exponent, wrong_exponent], -1).cos(),
          "the frequency of pair i is theta ** (-2i / D): use torch.arange(0, D, 2) / D as the exponent."),
         (torch.cat([angles, angles], -1).sin(), "cos and sin are swapped."),
-    ], f"cos from {what}", expected_cos)
+    ], f"cos from {what}")
     expect_close(sin, expected_sin, f"sin from {what}")
     cos, _ = rope_cos_sin(positions, D, theta=100.0)
     expect_close(cos, rope.rope_cos_sin(positions, D, 100.0)[0], "cos with theta=100",
@@ -74,13 +62,13 @@ def check_apply_rope(apply_rope):
     q_rot, k_rot = result
     expected_q, expected_k = rope.apply_rope(q, k, cos, sin)
     x1, x2 = q.chunk(2, dim=-1)
-    _diagnose(q_rot, [
+    expect_known_mistakes(q_rot, expected_q, [
         (q * cos - rope.rotate_half(q) * sin, "the rotation goes the wrong way: rotate_half([x1, x2]) is [-x2, x1] "
                                               "and the rotated vector is x * cos + rotate_half(x) * sin."),
         (q * cos + torch.cat([x2, x1], -1) * sin, "rotate_half must negate the second half: [-x2, x1], not [x2, x1]."),
         (q * sin + rope.rotate_half(q) * cos, "cos multiplies x itself, sin multiplies rotate_half(x)."),
         (q * cos + rope.rotate_half(q) * cos, "the rotate_half term is multiplied by sin, not cos."),
-    ], f"q from {what}", expected_q)
+    ], f"q from {what}")
     expect_close(k_rot, expected_k, f"k from {what}", hint="rotate the keys exactly like the queries.")
     expect_close(q_rot.norm(dim=-1), q.norm(dim=-1), "the norms of the rotated queries",
                  hint="a rotation never changes a vector's length.")
@@ -100,13 +88,13 @@ def check_rope_2d_cos_sin(rope_2d_cos_sin):
         return torch.cat([angles, angles], -1).cos()
     rows, cols = torch.arange(H).repeat_interleave(W).float(), torch.arange(W).repeat(H).float()
     wrong_freqs = rope.rope_frequencies(D)[: D // 4]
-    _diagnose(cos, [
+    expect_known_mistakes(cos, expected_cos, [
         (build(cols, rows, inv_freq), "rows and columns are swapped: the first D/4 channels of each half turn with the row."),
         (build(torch.arange(H).repeat(W).float(), torch.arange(W).repeat_interleave(H).float(), inv_freq),
          "patches are in raster order: patch n sits at row n // grid_w and column n % grid_w."),
         (build(rows, cols, wrong_freqs), "each axis has D/4 pairs of its own: use the frequencies of a head of "
                                          "size D/2, rope_frequencies(head_dim // 2, theta)."),
-    ], f"cos from {what}", expected_cos)
+    ], f"cos from {what}")
     expect_close(sin, expected_sin, f"sin from {what}")
 
 
@@ -152,13 +140,13 @@ def check_mrope_ids(mrope_ids):
     if result.is_floating_point():
         raise Hint(f"{what} should hold integer ids (torch.long), got {result.dtype}.")
     wrong = lambda **mistake: _build_ids(input_ids, grids, I, 2, **mistake)
-    _diagnose(result, [
+    expect_known_mistakes(result, expected.to(result.dtype), [
         (wrong(continue_at_max=False),
          "text after an image continues at the image block's largest id + 1, not after the number of its tokens."),
         (wrong(column_fastest=False), "within an image, tokens are in raster order: the column changes fastest."),
         (wrong(start_at_s=False), "an image's ids start at s, the next free position: (s + t, s + row, s + col)."),
         (expected[[0, 2, 1]], "the streams are (temporal, height, width) in that order."),
-    ], what, expected.to(result.dtype))
+    ], what)
     text_only = mrope_ids([T] * 5, [], image_token_id=I, spatial_merge_size=2)
     expect_equal(torch.as_tensor(text_only).tolist(), [list(range(5))] * 3, "ids for 5 text tokens",
                  hint="text tokens take the same id in all three streams, counting up by one.")

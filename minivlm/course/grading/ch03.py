@@ -1,6 +1,6 @@
 """Checks for chapter 03 (contrastive alignment: CLIP and SigLIP).
 
-    from minivlm.grading import ch03
+    from minivlm.course.grading import ch03
     ch03.check_similarity_matrix(similarity_matrix)
     ch03.check_clip_loss(clip_loss)
     ch03.check_siglip_loss(siglip_loss)
@@ -14,8 +14,8 @@ scale or bias, one direction only, a mean where a sum belongs) to give a specifi
 import torch
 import torch.nn.functional as F
 
-from .. import contrastive
-from . import Hint, check, expect_close, expect_shape
+from minivlm import contrastive
+from minivlm.course.grading import Hint, check, expect_close, expect_known_mistakes, expect_shape
 
 
 def _features(B=6, E=5, seed=0):
@@ -33,17 +33,6 @@ def _scalar(value, what):
     return value.reshape(())
 
 
-def _diagnose(value, candidates, what, expected):
-    """Pass if `value` matches `expected`; else raise the hint of the first wrong formula it matches."""
-    try:
-        expect_close(value, expected, what)
-    except Hint as mismatch:
-        for wrong, hint in candidates:
-            if torch.allclose(value.detach().double().cpu(), torch.as_tensor(wrong).double(), atol=1e-5, rtol=1e-4):
-                raise Hint(f"{what} has the wrong values. Hint: {hint}") from None
-        raise mismatch
-
-
 def _reference_logits(images, texts, scale):
     return scale * F.normalize(images, dim=-1) @ F.normalize(texts, dim=-1).T
 
@@ -59,13 +48,13 @@ def check_similarity_matrix(similarity_matrix):
                    "Hint: rows are images, columns texts: image_features @ text_features.T.")
     expect_shape(logits, (4, 3), "similarity_matrix(images (4, E), texts (3, E), 2.0)")
     raw = images @ texts.T
-    _diagnose(logits, [
+    expect_known_mistakes(logits, expected, [
         (2 * raw, "normalise both feature sets to unit length (F.normalize(x, dim=-1)) so entries are cosines."),
         (_reference_logits(images, texts, 1.0), "multiply the cosine similarities by logit_scale."),
         (_reference_logits(images, texts, 0.5), "logit_scale is the multiplier itself: multiply, don't divide."),
         (2 * F.normalize(images, dim=0) @ F.normalize(texts, dim=0).T,
          "normalise each feature vector (dim=-1), not each feature across the batch (dim=0)."),
-    ], "similarity_matrix(images, texts, 2.0)", expected)
+    ], "similarity_matrix(images, texts, 2.0)")
     # normalising twice changes nothing
     again = similarity_matrix(F.normalize(images, dim=-1), F.normalize(texts, dim=-1), 2.0)
     expect_close(again, expected, "similarity_matrix on unit-length features")
@@ -82,7 +71,7 @@ def check_clip_loss(clip_loss):
     image_to_text = F.cross_entropy(logits, targets)
     text_to_image = F.cross_entropy(logits.T, targets)
     raw_logits = scale * images @ texts.T
-    _diagnose(loss, [
+    expect_known_mistakes(loss, expected, [
         (image_to_text, "that is only the image->text direction; average it with the text->image one "
                         "(cross-entropy of logits.T)."),
         (text_to_image, "that is only the text->image direction; average it with the image->text one."),
@@ -92,7 +81,7 @@ def check_clip_loss(clip_loss):
          "normalise the features to unit length before the dot products."),
         ((F.cross_entropy(logits, targets, reduction="sum") + F.cross_entropy(logits.T, targets, reduction="sum")) / 2,
          "take the mean of the cross-entropy over the B pairs, not the sum."),
-    ], "clip_loss(images, texts, 5.0)", expected)
+    ], "clip_loss(images, texts, 5.0)")
     expect_close(_scalar(clip_loss(texts, images, scale), "clip_loss(...)"), expected,
                  "clip_loss with the modalities swapped", hint="the loss should be symmetric in images and texts.")
 
@@ -108,7 +97,7 @@ def check_siglip_loss(siglip_loss):
     labels = 2 * eye - 1
     per_pair = -F.logsigmoid(labels * logits)
     raw_logits = scale * images @ texts.T + bias
-    _diagnose(loss, [
+    expect_known_mistakes(loss, expected, [
         (per_pair.mean(), "sum over all B² pairs and divide by B (not by B²: that is .mean())."),
         (per_pair.sum(), "divide the sum over all B² pairs by B."),
         (-F.logsigmoid(logits).diagonal().sum() / 6, "the negatives count too: every off-diagonal pair has label -1."),
@@ -116,7 +105,7 @@ def check_siglip_loss(siglip_loss):
         (contrastive.siglip_loss(images, texts, scale, 0.0), "add logit_bias to the scaled similarities."),
         (contrastive.siglip_loss(images, texts, 1.0, bias), "multiply the cosine similarities by logit_scale."),
         (-F.logsigmoid(labels * raw_logits).sum() / 6, "normalise the features to unit length before the dot products."),
-    ], "siglip_loss(images, texts, 10.0, -10.0)", expected)
+    ], "siglip_loss(images, texts, 10.0, -10.0)")
 
 
 @check("recall_at_k")

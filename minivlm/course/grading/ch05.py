@@ -1,6 +1,6 @@
 """Checks for chapter 05 (LLaVA and InternVL's pixel unshuffle).
 
-    from minivlm.grading import ch05
+    from minivlm.course.grading import ch05
     ch05.check_pixel_unshuffle(pixel_unshuffle)
     ch05.check_answer_labels(answer_labels)
     ch05.check_splice_image(splice_image)
@@ -15,25 +15,9 @@ to give a specific hint.
 
 import torch
 
-from ..lm import IGNORE_INDEX
-from ..pixel_unshuffle import pixel_unshuffle
-from . import Hint, check, expect_close, expect_equal, expect_shape
-
-
-def _matches(value, wrong):
-    return (isinstance(value, torch.Tensor) and value.shape == wrong.shape
-            and torch.equal(value.detach().cpu(), wrong))
-
-
-def _diagnose(value, candidates, what, expected):
-    """Pass if `value` equals `expected`; else raise the hint of the first known mistake it equals."""
-    try:
-        expect_equal(value, expected, what)
-    except Hint as mismatch:
-        for wrong, hint in candidates:
-            if _matches(value, wrong):
-                raise Hint(f"{what} has the wrong values. Hint: {hint}") from None
-        raise mismatch
+from minivlm.course.grading import Hint, check, expect_close, expect_equal, expect_known_mistakes, expect_shape
+from minivlm.lm import IGNORE_INDEX
+from minivlm.pixel_unshuffle import pixel_unshuffle
 
 
 @check("pixel_unshuffle")
@@ -45,7 +29,7 @@ def check_pixel_unshuffle(fn):
                  hint="(B, H, W, C) -> (B, H/r, W/r, C·r²): the grid shrinks by r each way, channels grow by r².")
     B, H, W, C = x.shape
     column_first = x.reshape(B, H // 2, 2, W // 2, 2, C).permute(0, 1, 3, 4, 2, 5).reshape(B, 2, 3, 12)
-    _diagnose(out, [
+    expect_known_mistakes(out, pixel_unshuffle(x, 2), [
         (pixel_unshuffle(x, 2, order="torch"),
          "that is PyTorch's order (channel slowest). InternVL keeps each token's C channels together "
          "and puts the r² tokens of the window one after the other: permute to (B, H/r, W/r, r, r, C)."),
@@ -54,7 +38,7 @@ def check_pixel_unshuffle(fn):
         (x.reshape(B, H // 2, W // 2, 12),
          "a plain reshape mixes tokens from different rows: split H and W into (H/r, r) and (W/r, r) first, "
          "then permute so both window offsets sit next to the channels."),
-    ], what, pixel_unshuffle(x, 2))
+    ], what, exact=True)
     y = torch.randn(1, 6, 6, 5)
     expect_equal(fn(y, 3), pixel_unshuffle(y, 3), "pixel_unshuffle(y (1, 6, 6, 5), factor=3)",
                  hint="use the factor argument everywhere, not a hard-coded 2.")
@@ -78,7 +62,7 @@ def check_answer_labels(fn):
     expected = _reference_labels(input_ids, attention_mask, 6)
     is_assistant = input_ids == 6
     from_assistant = (is_assistant.long().cumsum(1) > 0)
-    _diagnose(out, [
+    expect_known_mistakes(out, expected, [
         (input_ids.masked_fill(~(from_assistant & attention_mask), IGNORE_INDEX),
          "the <assistant> token itself is part of the prompt: label only the tokens after it."),
         (input_ids.masked_fill(~((from_assistant & ~is_assistant)), IGNORE_INDEX),
@@ -89,7 +73,7 @@ def check_answer_labels(fn):
          "keep <eos> in the labels: the model must learn to stop after the answer."),
         (input_ids.masked_fill(~attention_mask, IGNORE_INDEX),
          "the loss must cover the answer only, not the prompt: -100 up to and including <assistant>."),
-    ], what, expected)
+    ], what, exact=True)
 
 
 def _reference_splice(text_embeds, image_embeds, image_position):
@@ -107,14 +91,14 @@ def check_splice_image(fn):
         raise Hint(f"{what} has shape (2, 10, 4), expected (2, 9, 4). Hint: the <image> placeholder is "
                    "replaced by the visual tokens, not kept beside them: skip text position image_position.")
     expect_shape(out, (2, 9, 4), what, hint="L - 1 + T tokens: the placeholder becomes T visual tokens.")
-    _diagnose(out, [
+    expect_known_mistakes(out, expected, [
         (torch.cat([text[:, :3], image, text[:, 4:]], 1),
          "the visual tokens go where the placeholder was: keep text[:, :image_position], not one more."),
         (torch.cat([text[:, :2], image, text[:, 2:6]], 1),
          "after the visual tokens comes the text after the placeholder: text[:, image_position + 1:]."),
         (torch.cat([image, text[:, :2], text[:, 3:]], 1),
          "the visual tokens go at image_position, not at the start."),
-    ], what, expected)
+    ], what, exact=True)
     expect_close(fn(text, image, 0), _reference_splice(text, image, 0), "splice_image(..., image_position=0)",
                  hint="check the edge case where <image> is the first token.")
 
@@ -129,11 +113,11 @@ def check_prefix_mask(fn):
         raise Hint(f"{what} has dtype {out.dtype}, expected torch.bool (True = may attend).")
     causal = torch.ones(5, 5, dtype=torch.bool).tril().expand(2, 5, 5)
     both = prefix[:, :, None] & prefix[:, None, :]
-    _diagnose(out, [
+    expect_known_mistakes(out, causal | both, [
         (causal.clone(), "that is plain causal attention: also let two prefix tokens see each other "
                          "(prefix[:, :, None] & prefix[:, None, :])."),
         (both.clone(), "the answer tokens see nothing: keep the causal part too (causal | prefix pairs)."),
         (causal | prefix[:, :, None], "a prefix token would see the answer: both the query and the key must "
                                       "be in the prefix (prefix[:, :, None] & prefix[:, None, :])."),
         (~causal | both, "the causal part is flipped: True on and below the diagonal (tril), not above."),
-    ], what, causal | both)
+    ], what, exact=True)

@@ -18,11 +18,11 @@ cleared; notebook and cell metadata are kept.
 
 Convention for authors: put solution regions inside function bodies, and call
 the learner's functions only from check cells (`ch01.check_patchify(patchify)`,
-see `minivlm.grading`). Then an exercise notebook runs top to bottom and every
+see `minivlm.course.grading`). Then an exercise notebook runs top to bottom and every
 check prints "not implemented yet" until the learner fills it in.
 
-    python -m minivlm.exercises            # regenerate exercises/
-    python -m minivlm.exercises --check    # exit 1 if exercises/ is stale (CI)
+    python -m minivlm.course.exercises            # regenerate exercises/
+    python -m minivlm.course.exercises --check    # exit 1 if exercises/ is stale (CI)
 """
 
 import argparse
@@ -153,7 +153,7 @@ def main(argv=None):
         for path in changed:
             print(f"out of date: {path}")
         if changed:
-            print("run `python -m minivlm.exercises` to regenerate", file=sys.stderr)
+            print("run `python -m minivlm.course.exercises` to regenerate", file=sys.stderr)
         return 1 if changed else 0
     for path in changed:
         print(f"{'wrote' if path.exists() else 'deleted'} {path}")

@@ -1,13 +1,13 @@
 """Checks for chapter 04 (a tiny language model).
 
-    from minivlm.grading import ch04
+    from minivlm.course.grading import ch04
     ch04.check_causal_mask(causal_mask)
     ch04.check_rms_norm(rms_norm)
     ch04.check_attend_with_cache(attend_with_cache)
     ch04.check_sample_top_k(sample_top_k)
 
-Each check compares with the reference in `minivlm` (attention.causal_mask, lm.RMSNorm,
-attention over the full sequence, lm.sample_next_token) and, when the values are wrong,
+Each check compares with the reference in `minivlm` (attention.causal_mask, blocks.RMSNorm,
+attention over the full sequence, generation.sample_next_token) and, when the values are wrong,
 recognises the usual mistakes (the mask upside down or not aligned to the newest key,
 LayerNorm's mean subtracted, the 1/√d scale forgotten, the cache not updated, logits
 masked with 0 instead of -inf, the temperature multiplied instead of divided) to give a
@@ -18,25 +18,8 @@ import math
 
 import torch
 
-from .. import attention, lm
-from . import Hint, check, expect_close, expect_equal, expect_shape
-
-
-def _matches(value, wrong, atol=1e-5):
-    wrong = torch.as_tensor(wrong)
-    return (isinstance(value, torch.Tensor) and value.shape == wrong.shape
-            and torch.allclose(value.detach().double().cpu(), wrong.double().cpu(), atol=atol))
-
-
-def _diagnose(value, candidates, what, expected, atol=1e-5):
-    """Pass if `value` matches `expected`; else raise the hint of the first wrong answer it matches."""
-    try:
-        expect_close(value, expected, what, atol=atol)
-    except Hint as mismatch:
-        for wrong, hint in candidates:
-            if _matches(value, wrong, atol):
-                raise Hint(f"{what} has the wrong values. Hint: {hint}") from None
-        raise mismatch
+from minivlm import attention, blocks
+from minivlm.course.grading import Hint, check, expect_close, expect_equal, expect_known_mistakes, expect_shape
 
 
 @check("causal_mask")
@@ -51,18 +34,14 @@ def check_causal_mask(causal_mask):
                        "build it with torch.ones(..., dtype=torch.bool).")
         ones = torch.ones(L, S, dtype=torch.bool)
         offset = S - L
-        candidates = [
+        expect_known_mistakes(mask, expected, [
             (ones.triu(offset), "the mask is upside down: query i may see keys j <= i (the past), "
                                 "never j > i. Use tril, not triu."),
             (~ones.tril(offset), "True means 'may attend', False means 'masked': invert your mask."),
             (ones.tril(offset - 1), "a token may attend to itself: keep the diagonal (j <= i, not j < i)."),
             (ones.tril(0), "with S > L the queries are the LAST L positions: query i sits at position "
                            "i + (S - L), so shift the diagonal by S - L (tril(diagonal=S - L))."),
-        ]
-        for wrong, hint in candidates:
-            if not torch.equal(wrong, expected) and torch.equal(mask.cpu(), wrong):
-                raise Hint(f"{what} is wrong. Hint: {hint}")
-        expect_equal(mask, expected, what)
+        ], what, exact=True)
 
 
 @check("rms_norm")
@@ -72,7 +51,7 @@ def check_rms_norm(rms_norm):
     weight = torch.linspace(0.5, 2.0, 8)
     what = "rms_norm(x (2, 3, 8), weight (8,))"
     result = rms_norm(x, weight)
-    reference = lm.RMSNorm(8)
+    reference = blocks.RMSNorm(8)
     with torch.no_grad():
         reference.weight.copy_(weight)
         expected = reference(x)
@@ -80,7 +59,7 @@ def check_rms_norm(rms_norm):
     eps = 1e-6
     mean_sq = x.pow(2).mean(-1, keepdim=True)
     centred = x - x.mean(-1, keepdim=True)
-    _diagnose(result, [
+    expect_known_mistakes(result, expected, [
         (centred / torch.sqrt(centred.pow(2).mean(-1, keepdim=True) + eps) * weight,
          "that is LayerNorm: RMSNorm does not subtract the mean, it only divides by sqrt(mean(x²) + eps)."),
         (x / torch.sqrt(mean_sq + eps), "multiply by the learned weight at the end."),
@@ -92,7 +71,7 @@ def check_rms_norm(rms_norm):
         (x * torch.sqrt(mean_sq + eps) * weight, "divide by the root mean square, don't multiply."),
         (x / torch.sqrt(x.var(-1, keepdim=True) + eps) * weight,
          "the root mean square is sqrt(mean(x²)), not the standard deviation."),
-    ], what, expected, atol=1e-4)
+    ], what, atol=1e-4)
     tiny = torch.zeros(1, 8)
     expect_close(rms_norm(tiny, weight), torch.zeros(1, 8), "rms_norm of an all-zero vector",
                  hint="add eps inside the square root so a zero vector gives 0, not NaN.")
@@ -124,13 +103,13 @@ def check_attend_with_cache(attend_with_cache):
             raise Hint(f"after {what} cache['k'] has shape {tuple(cache['k'].shape)}, expected "
                        f"{(B, H, t + 1, d)}. Hint: the positions are dim 2 of (B, H, t, d).")
         keys, values = k[:, :, :t + 1], v[:, :, :t + 1]
-        if t and _matches(cache["k"], keys.flip(2)):
-            raise Hint("the cache is in the wrong order. Hint: append the new key at the END "
-                       "(torch.cat([cache['k'], k], dim=2)), so position t stays at index t.")
-        expect_close(cache["k"], keys, f"cache['k'] after step {t}", hint="store the keys exactly as given.")
+        expect_known_mistakes(cache["k"], keys, [
+            (keys.flip(2), "the cache is in the wrong order: append the new key at the END "
+                           "(torch.cat([cache['k'], k], dim=2)), so position t stays at index t."),
+        ], f"cache['k'] after step {t}", hint="store the keys exactly as given.")
         expect_close(cache["v"], values, f"cache['v'] after step {t}", hint="store the values exactly as given.")
         scores = q[:, :, t:t + 1] @ keys.transpose(-2, -1)
-        _diagnose(out, [
+        expect_known_mistakes(out, full[:, :, t:t + 1], [
             (scores.softmax(-1) @ values, "scale the scores by 1/√d before the softmax."),
             (v[:, :, t:t + 1], "attend to every cached key, not only the new one: compute the scores "
                                "with the concatenated keys and values."),
@@ -138,7 +117,7 @@ def check_attend_with_cache(attend_with_cache):
                                                            "not over the single query."),
             (values[:, :, :1], "the newest query sees every cached key: don't apply a top-left causal mask "
                                "to one query (causal_mask(1, S) must be all True)."),
-        ], f"output of {what}", full[:, :, t:t + 1])
+        ], f"output of {what}")
 
 
 @check("sample_top_k")
