@@ -18,11 +18,11 @@ from timing import seconds_per_call, train_step
 from minivlm.data import ShapesGenerator, Tokenizer, WorldConfig, sample_vqa
 from minivlm.evaluate import encode_vqa
 from minivlm.models.llava import Llava, LlavaConfig
-from minivlm.tour import SETTINGS as TOUR_SETTINGS
+from minivlm.tour import settings_for
 from minivlm.train import pick_device
 
 SIZES = {
-    "cpu": TOUR_SETTINGS["cpu"]["model"],                                                      # the tour's model
+    "cpu": settings_for("cpu")["model"],                                                      # the tour's model
     "gpu": dict(patch_size=4, vision_dim=256, text_dim=256, vision_depth=6, text_depth=6, vision_heads=8, text_heads=8),
 }
 
@@ -46,7 +46,7 @@ def main(argv=None):
     device = pick_device(args.device)
     on_gpu = device.type == "cuda"
     tokenizer = Tokenizer()
-    images_per_step = args.images or (256 if on_gpu else TOUR_SETTINGS["cpu"]["images_per_step"])
+    images_per_step = args.images or (256 if on_gpu else settings_for("cpu")["images_per_step"])
     images, batch = make_batch(images_per_step, args.questions, device, tokenizer)
     text_tokens = int(batch["attention_mask"].sum())
 

@@ -1,6 +1,6 @@
 """The `minivlm` command line.
 
-    minivlm tour [--steps N] [--seed S] [--device D] [--out tour.png] [--checkpoint checkpoints/tour.pt]
+    minivlm tour [--recipe v2] [--steps N] [--seed S] [--device D] [--out tour.png] [--checkpoint checkpoints/tour.pt]
         trains a small LLaVA-style VLM on Shapes VQA, end to end, and reports its accuracy on
         held-out scenes: a ViT pretrained with CLIP's contrastive loss on captions (chapter 03),
         then an InternVL pixel-unshuffle projector and a language model trained to answer
@@ -46,7 +46,7 @@ def tour(args):
     if device.type == "cpu":
         torch.set_num_threads(args.threads or os.cpu_count() or 1)
 
-    run = train_vlm(args.seed, args.steps, device, progress=not args.quiet)
+    run = train_vlm(args.seed, args.steps, device, progress=not args.quiet, recipe=args.recipe)
     model, tokenizer = run["model"], run["tokenizer"]
     results, test_images, test_pairs = held_out_test(model, tokenizer, args.seed)
     print("held-out accuracy per question type: " +
@@ -183,11 +183,15 @@ def _save_figure(figure, path, close=True):
 
 
 def main(argv=None):
+    from .tour import DEFAULT_RECIPE, RECIPES
+
     parser = argparse.ArgumentParser(prog="minivlm", description="minivlm: a from-scratch course on VLMs")
     commands = parser.add_subparsers(dest="command", required=True)
     tour_parser = commands.add_parser("tour", help="train a small VLM on Shapes VQA and report held-out accuracy")
     tour_parser.add_argument("--steps", type=int, default=None, help="VQA training steps (default: per device)")
     tour_parser.add_argument("--seed", type=int, default=0)
+    tour_parser.add_argument("--recipe", default=DEFAULT_RECIPE, choices=tuple(RECIPES),
+                             help=f"the training recipe (default: {DEFAULT_RECIPE}; see minivlm/tour.py)")
     tour_parser.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best available)")
     tour_parser.add_argument("--out", default="tour.png", help="where to save the figure (default: tour.png)")
     tour_parser.add_argument("--checkpoint", default=os.path.join("checkpoints", "tour.pt"),

@@ -74,7 +74,9 @@ def pixel_shuffle(x, factor=2, order="internvl"):
 
 
 def pixel_unshuffle_torch(x, factor=2):
-    """order="torch" computed with PyTorch's own op: channels-last -> (B, C, H, W) -> back."""
+    """order="torch" computed with PyTorch's own op: channels-last -> (B, C, H, W) -> back.
+
+    The reference path the tests check `pixel_unshuffle(x, r, order="torch")` against."""
     _check(x, factor, "torch")
     merged = F.pixel_unshuffle(x.permute(0, 3, 1, 2), factor)   # (B, C·r², H/r, W/r)
     return merged.permute(0, 2, 3, 1)

@@ -34,9 +34,6 @@ class LinearProjector(nn.Module):
         self.vision_dim = vision_dim
         self.proj = nn.Linear(vision_dim, text_dim)
 
-    def num_tokens(self, num_patches):
-        return num_patches
-
     def forward(self, tokens, grid_size=None):
         _check_tokens(tokens, self.vision_dim)
         return self.proj(tokens)
@@ -51,9 +48,6 @@ class MLPProjector(nn.Module):
         self.fc1 = nn.Linear(vision_dim, text_dim)
         self.act = nn.GELU()
         self.fc2 = nn.Linear(text_dim, text_dim)
-
-    def num_tokens(self, num_patches):
-        return num_patches
 
     def forward(self, tokens, grid_size=None):
         _check_tokens(tokens, self.vision_dim)
@@ -72,9 +66,6 @@ class UnshuffleProjector(nn.Module):
         self.act = nn.GELU()
         self.fc2 = nn.Linear(text_dim, text_dim)
 
-    def num_tokens(self, num_patches):
-        return num_patches // (self.factor * self.factor)
-
     def merge(self, tokens, grid_size=None):
         """(B, N, Dv) -> (B, N/r², Dv·r²): neighbouring r × r tokens become one."""
         _check_tokens(tokens, self.vision_dim)
@@ -83,6 +74,11 @@ class UnshuffleProjector(nn.Module):
 
     def forward(self, tokens, grid_size=None):
         return self.fc2(self.act(self.fc1(self.norm(self.merge(tokens, grid_size)))))
+
+
+def num_visual_tokens(kind, num_patches, factor=2):
+    """How many LM tokens a projector of this kind makes from num_patches ViT tokens."""
+    return num_patches // (factor * factor) if kind == "unshuffle" else num_patches
 
 
 def build_projector(kind, vision_dim, text_dim, factor=2, order="internvl"):

@@ -10,9 +10,14 @@ starts from scratch, so there is nothing to align to. Every image is encoded onc
 reused by its 4 questions of different kinds; the image + question prefix attends both ways.
 The data is made once, on the training device, before the first step.
 
-The recipe has fixed step counts per device (not a time budget), so a seed gives the same run
-on every machine. On a 2-core laptop CPU it takes 80-100 s and reaches 95-98% held-out accuracy
-(seeds 0, 1, 2); counting is the hardest question type.
+A recipe has fixed step counts per device (not a time budget), so a seed gives the same run on
+every machine. Two recipes, measured side by side by benchmarks/bench_tour.py:
+    "v1"  300 CLIP steps; 1,100 VQA steps of 32 images; a 2-layer, 128-wide LM; the kinds of
+          question balanced
+    "v2"  (default) 150 CLIP steps; 600 VQA steps; a 3-layer, 96-wide LM (about the same time
+          per step: its skills - where is it, is there one - appear in fewer steps); and twice
+          as many counting questions, the kind the LM learns last
+The held-out test is the same for both: 2,000 questions, kinds balanced, on test-split scenes.
 
     run = train_vlm(seed=0)                       # model, tokenizer, history, steps
     results, images, pairs = held_out_test(run["model"], run["tokenizer"], seed=0)
@@ -24,7 +29,7 @@ from dataclasses import asdict
 import torch
 
 from .contrastive import contrastive_loss
-from .data import SPECIAL_TOKENS, ShapesGenerator, Tokenizer, WorldConfig, caption, sample_vqa
+from .data import QUESTION_KINDS, SPECIAL_TOKENS, ShapesGenerator, Tokenizer, WorldConfig, caption, sample_vqa
 from .evaluate import encode_vqa, vqa_accuracy
 from .models.clip import CLIP, CLIPConfig
 from .models.llava import Llava, LlavaConfig
@@ -33,73 +38,121 @@ from .train import TrainConfig, fit, load_checkpoint, pick_device, save_checkpoi
 CHECKPOINT_KIND = "minivlm-llava"
 QUESTIONS_PER_IMAGE = 4
 TEST_QUESTIONS = 2000
-SETTINGS = {
-    "cpu": dict(model=dict(patch_size=8, vision_dim=64, vision_depth=2, text_dim=128, text_depth=2),
-                clip_steps=300, clip_batch=64, steps=1100, images_per_step=32, pool=12_000, lr=3e-3),
-    "gpu": dict(model=dict(patch_size=4, vision_dim=128, vision_depth=4, text_dim=256, text_depth=4, text_heads=8),
-                clip_steps=1000, clip_batch=256, steps=3000, images_per_step=128, pool=100_000, lr=2e-3),
+V1_MODEL = dict(patch_size=8, vision_dim=64, vision_depth=2, text_dim=128, text_depth=2)
+V2_MODEL = dict(patch_size=8, vision_dim=64, vision_depth=2, text_dim=96, text_depth=3)     # deeper, narrower LM
+GPU_MODEL = dict(patch_size=4, vision_dim=128, vision_depth=4, text_dim=256, text_depth=4, text_heads=8)
+COUNT_TWICE = ("count", "count", "color", "shape", "position", "exists")   # training mix: a third of the questions count
+RECIPES = {
+    "v1": {
+        "cpu": dict(model=V1_MODEL, clip_steps=300, clip_batch=64, steps=1100, images_per_step=32, pool=12_000,
+                    lr=3e-3, train_kinds=QUESTION_KINDS),
+        "gpu": dict(model=GPU_MODEL, clip_steps=1000, clip_batch=256, steps=3000, images_per_step=128, pool=100_000,
+                    lr=2e-3, train_kinds=QUESTION_KINDS),
+    },
+    "v2": {
+        "cpu": dict(model=V2_MODEL, clip_steps=150, clip_batch=64, steps=600, images_per_step=32, pool=12_000,
+                    lr=3e-3, train_kinds=COUNT_TWICE),
+        "gpu": dict(model=GPU_MODEL, clip_steps=1000, clip_batch=256, steps=3000, images_per_step=128, pool=100_000,
+                    lr=2e-3, train_kinds=COUNT_TWICE),
+    },
 }
+DEFAULT_RECIPE = "v2"
 
 
-def settings_for(device):
-    return SETTINGS["cpu" if torch.device(device).type == "cpu" else "gpu"]
+def settings_for(device, recipe=DEFAULT_RECIPE):
+    """The recipe's settings for this kind of device: "cpu", or "gpu" for CUDA and MPS."""
+    if recipe not in RECIPES:
+        raise ValueError(f"recipe must be one of {tuple(RECIPES)}, got {recipe!r}")
+    return RECIPES[recipe]["cpu" if torch.device(device).type == "cpu" else "gpu"]
 
 
-def train_vlm(seed=0, steps=None, device=None, progress=True):
-    """Stage 0 then stage 2 -> dict(model, tokenizer, history, steps). `steps`: stage-2 steps (default per device).
+class TourData:
+    """The training data, made once on the device: scenes with a caption and 4 questions each.
 
-    Fewer steps scale the CLIP stage and the data pool down with them (tests run a 3-step tour).
+    clip_batch(step) and vqa_batch(step) are pure functions of the step (resumable, and the
+    benchmark replays them to count FLOPs); each batch is cut to its longest real row.
     """
-    device = pick_device(device)
-    settings = settings_for(device)
+
+    def __init__(self, tokenizer, settings, steps, seed, image_size, device):
+        self.clip_size, self.per_step = settings["clip_batch"], settings["images_per_step"]
+        self.pool = max(self.per_step, self.clip_size, min(settings["pool"], steps * self.per_step))
+        scenes, self.images = ShapesGenerator(WorldConfig(), image_size, "train", seed=seed,
+                                              device=device).batch(self.pool)
+        ids, mask = tokenizer.batch_encode([caption(scenes, i) for i in range(self.pool)], add_eos=True)
+        self.caption_ids, self.caption_mask, self.caption_lengths = ids.to(device), mask.to(device), mask.sum(1)
+        vqa = encode_vqa(tokenizer, sample_vqa(scenes, QUESTIONS_PER_IMAGE, seed=seed, kinds=settings["train_kinds"]))
+        self.vqa = {key: value.to(device) for key, value in vqa.items()}
+        # Row bookkeeping stays on the CPU, so that cutting a batch never waits for the GPU.
+        self.vqa_lengths = vqa["attention_mask"].sum(1)
+        self.first_row = torch.searchsorted(vqa["image_index"], torch.arange(self.pool + 1)).tolist()  # image i: rows first_row[i]..first_row[i+1]-1
+
+    def clip_batch(self, step):
+        """(images (b, 3, H, W), caption ids (b, L), mask (b, L)) for CLIP step `step`."""
+        start = (step * self.clip_size) % (self.pool - self.clip_size + 1)
+        rows = slice(start, start + self.clip_size)
+        length = int(self.caption_lengths[rows].max())
+        return self.images[rows], self.caption_ids[rows, :length], self.caption_mask[rows, :length]
+
+    def vqa_batch(self, step):
+        """(images, input_ids, attention_mask, labels, image_index): `images_per_step` images and their questions."""
+        start = (step * self.per_step) % (self.pool - self.per_step + 1)
+        rows = slice(self.first_row[start], self.first_row[start + self.per_step])
+        length = int(self.vqa_lengths[rows].max())
+        return (self.images[start:start + self.per_step], self.vqa["input_ids"][rows, :length],
+                self.vqa["attention_mask"][rows, :length], self.vqa["labels"][rows, :length],
+                self.vqa["image_index"][rows] - start)
+
+
+def tour_config(tokenizer, settings):
+    return LlavaConfig(vocab_size=len(tokenizer), **settings["model"])
+
+
+def tour_clip(tokenizer, config):
+    """The dual encoder of stage 0: its image tower has the VLM's ViT shape."""
+    return CLIP(CLIPConfig(vision=config.vision_config(), vocab_size=len(tokenizer), text_dim=64, text_depth=2,
+                           text_causal=False, text_pool="mean", embed_dim=64))
+
+
+def stage_steps(settings, steps):
+    """(CLIP steps, VQA steps): fewer VQA steps than the recipe's scale the CLIP stage down with them."""
     steps = settings["steps"] if steps is None else steps
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    return max(1, round(settings["clip_steps"] * min(1.0, steps / settings["steps"]))), steps
+
+
+def train_vlm(seed=0, steps=None, device=None, progress=True, recipe=DEFAULT_RECIPE):
+    """Stage 0 then stage 2 -> dict(model, tokenizer, history, steps, seed, recipe).
+
+    `steps`: stage-2 steps (default: the recipe's for this device); tests run a 3-step tour.
+    """
+    device = pick_device(device)
+    settings = settings_for(device, recipe)
+    clip_steps, steps = stage_steps(settings, steps)
     seed_everything(seed)
     tokenizer = Tokenizer()
-    config = LlavaConfig(vocab_size=len(tokenizer), **settings["model"])
+    config = tour_config(tokenizer, settings)
     model = Llava(config)
+    data = TourData(tokenizer, settings, steps, seed, config.image_size, device)
 
-    # The data, made once: training scenes, each with its caption and 4 questions of different kinds.
-    per_step, clip_batch = settings["images_per_step"], settings["clip_batch"]
-    clip_steps = max(1, round(settings["clip_steps"] * min(1.0, steps / settings["steps"])))
-    pool = max(per_step, clip_batch, min(settings["pool"], steps * per_step))
-    scenes, images = ShapesGenerator(WorldConfig(), config.image_size, "train", seed=seed, device=device).batch(pool)
-    captions = [t.to(device) for t in tokenizer.batch_encode([caption(scenes, i) for i in range(pool)], add_eos=True)]
-    vqa = {key: value.to(device)
-           for key, value in encode_vqa(tokenizer, sample_vqa(scenes, QUESTIONS_PER_IMAGE, seed=seed)).items()}
-    first_row = torch.searchsorted(vqa["image_index"], torch.arange(pool + 1, device=device))   # image i: rows [first_row[i], first_row[i+1])
-
-    clip = CLIP(CLIPConfig(vision=config.vision_config(), vocab_size=len(tokenizer), text_dim=64, text_depth=2,
-                           text_causal=False, text_pool="mean", embed_dim=64))
-
-    def clip_batches(step):
-        start = (step * clip_batch) % (pool - clip_batch + 1)
-        ids, mask = (t[start:start + clip_batch] for t in captions)
-        length = int(mask.sum(1).max())
-        return model.normalize(images[start:start + clip_batch]), ids[:, :length], mask[:, :length]
-
-    print(f"stage 0: CLIP pretraining of the vision tower on {pool} captioned scenes ({clip_steps} steps, {device.type})")
-    fit(clip, clip_batches, lambda m, batch: contrastive_loss(*m(*batch, validate=False)),
+    clip = tour_clip(tokenizer, config)
+    print(f"stage 0: CLIP pretraining of the vision tower on {data.pool} captioned scenes "
+          f"({clip_steps} steps, {device.type})")
+    fit(clip, data.clip_batch,
+        lambda m, batch: contrastive_loss(*m(model.normalize(batch[0]), *batch[1:], validate=False)),
         TrainConfig(steps=clip_steps, lr=3e-3, warmup_steps=min(40, clip_steps), device=str(device),
                     seed=seed, progress=progress))
     model.load_vision_tower(clip.vision)
 
-    def vqa_batches(step):
-        start = (step * per_step) % (pool - per_step + 1)
-        rows = slice(int(first_row[start]), int(first_row[start + per_step]))
-        length = int(vqa["attention_mask"][rows].sum(1).max())
-        return (images[start:start + per_step], vqa["input_ids"][rows, :length], vqa["attention_mask"][rows, :length],
-                vqa["labels"][rows, :length], vqa["image_index"][rows] - start)
-
     model.set_stage(2)
-    print(f"stage 2: {len(vqa['input_ids'])} questions train the projector and the LM "
+    print(f"stage 2: {len(data.vqa['input_ids'])} questions train the projector and the LM "
           f"({config.num_visual_tokens} visual tokens per image, {steps} steps)")
-    history = fit(model, vqa_batches, lambda m, batch: m(*batch, validate=False).loss,
+    history = fit(model, data.vqa_batch, lambda m, batch: m(*batch, validate=False).loss,
                   TrainConfig(steps=steps, lr=settings["lr"], warmup_steps=min(50, steps), device=str(device),
                               seed=seed, progress=progress))
     model.set_stage("all")
-    return {"model": model.eval(), "tokenizer": tokenizer, "history": history, "steps": steps, "seed": seed}
+    return {"model": model.eval(), "tokenizer": tokenizer, "history": history, "steps": steps, "seed": seed,
+            "recipe": recipe}
 
 
 def held_out_test(model, tokenizer, seed=0, questions=TEST_QUESTIONS):
@@ -118,7 +171,8 @@ def save_vlm(path, run, results=None):
     """A checkpoint `load_vlm` (and `minivlm ask`) can read: weights, config and vocabulary, written atomically."""
     save_checkpoint(path, run["model"], step=run["steps"], history=run["history"],
                     extra={"kind": CHECKPOINT_KIND, "llava_config": asdict(run["model"].config),
-                           "vocab": run["tokenizer"].vocab, "seed": run["seed"], "accuracy": results})
+                           "vocab": run["tokenizer"].vocab, "seed": run["seed"], "recipe": run.get("recipe"),
+                           "accuracy": results})
 
 
 def load_vlm(path, device="cpu"):

@@ -9,7 +9,8 @@
   its submodules, so that DistributedDataParallel can synchronise gradients.
 - AdamW (weight decay on matrices only), linear warmup then cosine decay, gradient
   clipping, bf16 autocast and optional torch.compile on CUDA, device auto-pick
-  (cuda > mps > cpu), a tqdm progress bar with the live loss, an eval callback, and a
+  (cuda > mps > cpu), a tqdm progress bar with the loss (read from the device every 25
+  steps, not every step: each read is a GPU -> CPU sync), an eval callback, and a
   returned history for plotting.
 - Checkpoints hold model, optimizer, step and history; they load with weights_only=True.
 - Under `torchrun --nproc_per_node=N`, each rank takes its 1/N slice of the global batch
@@ -29,6 +30,9 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from .distributed import join, shard
+
+
+READ_LOSS_EVERY = 25    # steps between reads of the loss from the device (the progress bar's refresh)
 
 
 @dataclass
@@ -176,6 +180,14 @@ def fit(model, get_batch, loss_fn, config=None, eval_fn=None, resume_from=None):
     model.train()
     bar = tqdm(range(start_step, config.steps), initial=start_step, total=config.steps,
                disable=not config.progress or rank != 0, desc="training")
+    pending = []    # the latest losses, still on the device: read in one go (one GPU -> CPU sync)
+
+    def read_losses():
+        if pending:
+            history["loss"].extend(torch.stack(pending).tolist())
+            pending.clear()
+            bar.set_postfix(loss=f"{history['loss'][-1]:.4f}")
+
     started = time.perf_counter()
     for step in bar:
         lr = lr_at(step, config)
@@ -190,20 +202,23 @@ def fit(model, get_batch, loss_fn, config=None, eval_fn=None, resume_from=None):
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
 
-        loss_value = loss.detach()
+        loss_value = loss.detach().float()
         if world_size > 1:                       # report the global mean loss
             dist.all_reduce(loss_value)
             loss_value /= world_size
-        loss_value = loss_value.item()
+        pending.append(loss_value)
         history["step"].append(step)
-        history["loss"].append(loss_value)
         history["lr"].append(lr)
-        bar.set_postfix(loss=f"{loss_value:.4f}")
         done = step + 1
+        if done % READ_LOSS_EVERY == 0:
+            read_losses()
         if config.eval_every and done % config.eval_every == 0 and done < config.steps:
+            read_losses()
             evaluate(done)
         if config.checkpoint_every and done % config.checkpoint_every == 0 and done < config.steps:
+            read_losses()
             checkpoint(done)
+    read_losses()
     bar.close()
     history["seconds"] += time.perf_counter() - started
     if not history["eval"] or history["eval"][-1]["step"] != config.steps:

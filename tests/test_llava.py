@@ -1,14 +1,14 @@
-"""LLaVA: image tokens spliced at <image>, answer-only loss, prefix attention, stages, and
-teacher-forced scoring that agrees with KV-cached greedy generation."""
+"""LLaVA: image tokens spliced at <image>, answer-only loss, prefix attention, stages, generation.
+(Scoring answers is minivlm.evaluate's: tests/test_evaluate.py.)"""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from minivlm.data import ShapesGenerator, Tokenizer, WorldConfig, sample_vqa
-from minivlm.evaluate import answer_correct, encode_vqa, vqa_accuracy
+from minivlm.evaluate import encode_vqa
 from minivlm.lm import IGNORE_INDEX
-from minivlm.models.llava import Llava, LlavaConfig, answer_questions, chat_prompt, encode_chat
+from minivlm.models.llava import Llava, LlavaConfig, chat_prompt, encode_chat
 from minivlm.train import TrainConfig, fit
 
 TOKENIZER = Tokenizer()
@@ -222,18 +222,6 @@ def trained_tiny(steps=40):
     return model.eval()
 
 
-def test_teacher_forced_scoring_equals_cached_greedy_generation():
-    model = trained_tiny()
-    scenes, images = scenes_and_images(40, seed=7)
-    pairs = sample_vqa(scenes, 4, seed=7)
-    verdict = answer_correct(model, images, encode_vqa(TOKENIZER, pairs))
-    generated = answer_questions(model, TOKENIZER, images, [qa.question for _, qa in pairs],
-                                 torch.tensor([i for i, _ in pairs]))
-    assert generated.count("") < len(generated) // 2, "the model should have learned the answer format"
-    assert verdict.tolist() == [g == qa.answer for g, (_, qa) in zip(generated, pairs)]
-    assert 0 < int(verdict.sum()) < len(pairs)    # both verdicts occur, so the test means something
-
-
 def test_generation_with_and_without_cache_agree():
     model = trained_tiny(steps=10)
     images = scenes_and_images(3)[1]
@@ -244,29 +232,3 @@ def test_generation_with_and_without_cache_agree():
     without = model.lm.generate(inputs_embeds=embeds, attention_mask=mask, attn_mask=model.prefix_attention(prefix),
                                 max_new_tokens=3, eos_id=TOKENIZER.eos_id, use_cache=False)
     assert torch.equal(with_cache, without)
-
-
-def test_vqa_accuracy_per_kind():
-    model = trained_tiny(steps=5)
-    scenes, images = scenes_and_images(50, seed=3)
-    pairs = sample_vqa(scenes, 4, seed=3)
-    results = vqa_accuracy(model, TOKENIZER, images, pairs, batch_size=64)
-    assert results["n"] == len(pairs) and set(results) == {"all", "n", "count", "color", "shape", "position", "exists"}
-    correct = answer_correct(model, images, encode_vqa(TOKENIZER, pairs)).float().mean().item()
-    assert results["all"] == pytest.approx(correct)
-    assert model.training is False
-
-
-def test_sample_vqa_balanced_and_deterministic():
-    scenes, _ = scenes_and_images(300, seed=4)
-    pairs = sample_vqa(scenes, 4, seed=0)
-    assert pairs == sample_vqa(scenes, 4, seed=0)
-    per_image = torch.bincount(torch.tensor([i for i, _ in pairs]))
-    assert per_image.max() == 4 and per_image.min() >= 1
-    kinds = [qa.kind for _, qa in pairs]
-    shares = {k: kinds.count(k) / len(kinds) for k in set(kinds)}
-    assert len(shares) == 5 and min(shares.values()) > 0.12
-    heavy = [qa.kind for _, qa in sample_vqa(scenes, 2, seed=0, weights=[10, 1, 1, 1, 1])]
-    assert heavy.count("count") > 0.4 * len(heavy)
-    with pytest.raises(ValueError, match="per_image"):
-        sample_vqa(scenes, 6)

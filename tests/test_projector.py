@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from minivlm.pixel_unshuffle import order_permutation, pixel_unshuffle
-from minivlm.projector import PROJECTORS, LinearProjector, MLPProjector, UnshuffleProjector, build_projector
+from minivlm.projector import (PROJECTORS, LinearProjector, MLPProjector, UnshuffleProjector, build_projector,
+                               num_visual_tokens)
 
 
 @pytest.mark.parametrize("kind, tokens", [("linear", 16), ("mlp", 16), ("unshuffle", 4)])
@@ -13,7 +14,7 @@ def test_shapes_and_token_counts(kind, tokens):
     projector = build_projector(kind, 48, 32)
     out = projector(torch.randn(3, 16, 48))
     assert out.shape == (3, tokens, 32)
-    assert projector.num_tokens(16) == tokens
+    assert num_visual_tokens(kind, 16) == tokens
 
 
 def test_unshuffle_projector_non_square_grid_and_factor():

@@ -65,10 +65,14 @@ def test_batch_encode_rejects_bad_input(tok):
 def test_vocabulary_covers_world_text(tok):
     rng = random.Random(0)
     batch = sample_scenes(300, WorldConfig(max_objects=4), generator=torch.Generator().manual_seed(0))
+    texts = []
     for i in range(len(batch)):
-        tok.encode(caption(batch, i, rng=rng))
-        for qa in questions(batch, i, rng=rng):
-            tok.encode(f"<user> <image> {qa.question} <assistant> {qa.answer}", add_bos=True, add_eos=True)
+        texts.append(caption(batch, i, rng=rng))
+        texts += [f"{qa.question} {qa.answer}" for qa in questions(batch, i, rng=rng)]
+    used = {word for text in texts for word in tok.tokenize(text)}
+    assert used <= set(tok.vocab)                                   # every word of the world has an id
+    assert all(tok.decode(tok.encode(text)) == " ".join(tok.tokenize(text)) for text in texts)
+    assert set(world_vocabulary()) - used <= {"six", "seven", "eight", "nine", "five"}   # only counts > 4 unused
 
 
 def test_save_and_load(tok, tmp_path):

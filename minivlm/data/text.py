@@ -65,18 +65,13 @@ def sample_qa(scenes, i, kind, *, rng):
         shape = rng.choice(objects)["shape"] if ask_present else rng.choice(config.shapes)
         n = sum(o["shape"] == shape for o in objects)
         return QA(f"how many {PLURALS[shape]} are there ?", NUMBER_WORDS[n], kind)
-    if kind == "color":
-        choices = _referents(objects, ["shape"])
-        if choices:
-            o, where = rng.choice(choices)
-            return QA(f"what color is the {o['shape']}{where} ?", o["color"], kind)
-        return None
-    if kind == "shape":
-        choices = _referents(objects, ["color"])
-        if choices:
-            o, where = rng.choice(choices)
-            return QA(f"what shape is the {o['color']} object{where} ?", o["shape"], kind)
-        return None
+    if kind in ("color", "shape"):     # name an object by its other attribute, ask for this one
+        choices = _referents(objects, ["shape" if kind == "color" else "color"])
+        if not choices:
+            return None
+        o, where = rng.choice(choices)
+        named = o["shape"] if kind == "color" else f"{o['color']} object"
+        return QA(f"what {kind} is the {named}{where} ?", o[kind], kind)
     if kind == "position":
         choices = [o for o, where in _referents(objects, ["color", "shape"]) if not where]
         if choices:

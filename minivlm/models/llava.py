@@ -36,7 +36,7 @@ import torch.nn as nn
 
 from ..attention import causal_mask
 from ..lm import IGNORE_INDEX, LanguageModel, LMConfig, check_token_ids, next_token_loss
-from ..projector import PROJECTORS, build_projector
+from ..projector import PROJECTORS, build_projector, num_visual_tokens
 from ..vit import ViT, ViTConfig
 
 STAGES = (1, 2, "all")
@@ -85,8 +85,7 @@ class LlavaConfig:
 
     @property
     def num_visual_tokens(self):
-        patches = self.vision_config().grid_size ** 2
-        return patches // self.unshuffle_factor ** 2 if self.projector == "unshuffle" else patches
+        return num_visual_tokens(self.projector, self.vision_config().grid_size ** 2, self.unshuffle_factor)
 
 
 def chat_prompt(question):
