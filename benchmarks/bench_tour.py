@@ -1,6 +1,7 @@
 """The tour's recipes side by side: wall time, training FLOPs and held-out accuracy, per seed.
 
     python benchmarks/bench_tour.py                          # recipes v1 and v2, seeds 0 1 2
+    python benchmarks/bench_tour.py --recipes v1 v2 v2@600   # v2@600: recipe v2 cut to 600 VQA steps
     python benchmarks/bench_tour.py --recipes v2 --seeds 0 --threads 2
 
 Each run is the whole command as the README runs it, in a fresh process:
@@ -43,6 +44,14 @@ def transformer_flops(blocks, tokens, length, dim, sequences):
     """Forward FLOPs of a block stack over `sequences` sequences of `length` tokens (`tokens` in all)."""
     attention = 4 * length * length * dim * sequences * len(blocks)          # QKᵀ and AV
     return 2 * matmul_weights(blocks) * tokens + attention
+
+
+def parse_run(name, steps=None):
+    """"v2" -> ("v2", steps); "v2@600" -> ("v2", 600): a recipe, cut to other VQA steps (`minivlm tour --steps`)."""
+    recipe, _, cut = name.partition("@")
+    if recipe not in RECIPES or (cut and not cut.isdigit()):
+        raise SystemExit(f"--recipes: {name!r} is not a recipe ({', '.join(RECIPES)}) or recipe@steps")
+    return recipe, int(cut) if cut else steps
 
 
 def training_flops(recipe, seed, steps=None):
@@ -105,13 +114,14 @@ def mean_sd(values):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    parser.add_argument("--recipes", nargs="+", default=list(RECIPES), help="recipes, or recipe@steps (default: all)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=None, help="VQA steps (default: each recipe's; a smoke test uses 3)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for the tours (default: all cores)")
     args = parser.parse_args(argv)
 
-    flops = {(r, s): sum(training_flops(r, s, args.steps)) for r in args.recipes for s in args.seeds}
+    runs_of = {name: parse_run(name, args.steps) for name in args.recipes}
+    flops = {(r, s): sum(training_flops(runs_of[r][0], s, runs_of[r][1])) for r in args.recipes for s in args.seeds}
     kinds = list(QUESTION_KINDS)
     print(f"| recipe | seed | wall s | train GFLOP | held-out | {' | '.join(kinds)} |")
     print("|---|---|---:|---:|---:|" + "---:|" * len(kinds))
@@ -119,7 +129,8 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as folder:
         for seed in args.seeds:
             for recipe in args.recipes:
-                seconds, accuracy = run_tour(recipe, seed, args.steps, args.threads, folder)
+                name, steps = runs_of[recipe]
+                seconds, accuracy = run_tour(name, seed, steps, args.threads, folder)
                 runs[recipe].append((seconds, accuracy, flops[recipe, seed]))
                 print(f"| {recipe} | {seed} | {seconds:.1f} | {flops[recipe, seed] / 1e9:,.0f} | {accuracy['all']:.1f}% | "
                       + " | ".join(f"{accuracy.get(kind, float('nan')):.1f}%" for kind in kinds) + " |", flush=True)
