@@ -131,8 +131,8 @@ class LanguageModel(nn.Module):
         position_ids (B, L), or (3, B, L) for M-RoPE; kv_cache from new_cache(), filled in place.
         validate=False skips the checks that read tensor values (a GPU -> CPU sync): token ids in range."""
         past_len = self.check_inputs(input_ids, inputs_embeds, labels, attention_mask, attn_mask, position_ids,
-                                     kv_cache)
-        x = self.embed(input_ids, validate) if inputs_embeds is None else inputs_embeds
+                                     kv_cache, validate)
+        x = self.tok_emb(input_ids) if inputs_embeds is None else inputs_embeds
         B, L, _ = x.shape
         if position_ids is None:
             position_ids = self.default_positions(B, L, past_len, attention_mask, x.device)
@@ -152,8 +152,9 @@ class LanguageModel(nn.Module):
         """An empty KV cache: one dict per layer, filled in place by `forward`."""
         return [{} for _ in self.blocks]
 
-    def check_inputs(self, input_ids, inputs_embeds, labels, attention_mask, attn_mask, position_ids, kv_cache):
-        """Shapes only (no tensor values are read); returns the length the KV cache already holds."""
+    def check_inputs(self, input_ids, inputs_embeds, labels, attention_mask, attn_mask, position_ids, kv_cache,
+                     validate=True):
+        """Shapes, and the token ids' range only with validate; returns the length the KV cache already holds."""
         c = self.config
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids (B, L) and inputs_embeds (B, L, D)")
@@ -163,7 +164,7 @@ class LanguageModel(nn.Module):
             raise ValueError(f"kv_cache must be the list returned by new_cache() ({c.depth} dicts)")
         past_len = kv_cache[0]["k"].shape[2] if kv_cache is not None and "k" in kv_cache[0] else 0
         if input_ids is not None:
-            check_token_ids(input_ids, c.vocab_size, read_values=False)
+            check_token_ids(input_ids, c.vocab_size, read_values=validate)
         B, L = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
         S = past_len + L
         if S > c.max_seq_len:

@@ -205,6 +205,8 @@ def test_validate_false_skips_only_the_value_checks():
     torch.testing.assert_close(checked.loss, unchecked.loss)
     with pytest.raises(ValueError, match="images must be"):      # shape checks still run
         model(torch.rand(3, 3, 8, 8), *args[1:], validate=False)
+    with pytest.raises(ValueError, match="integer tensor"):      # and so does the ids' type check
+        model(images, batch["input_ids"].float(), validate=False)
 
 
 def trained_tiny(steps=40):

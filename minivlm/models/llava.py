@@ -137,6 +137,7 @@ class Llava(nn.Module):
     def forward(self, images, input_ids, attention_mask=None, labels=None, image_index=None, validate=True):
         """images (B_img, 3, H, W) in [0, 1]; input_ids, attention_mask, labels (B, L); image_index (B,).
         validate=False skips the checks that read tensor values (a GPU -> CPU sync each)."""
+        check_token_ids(input_ids, self.config.vocab_size, read_values=validate)
         if validate:
             self.check_prompts(input_ids, image_index, len(images))
         merged = self.merge_image_tokens(input_ids, self.encode_images(images), attention_mask, labels, image_index)
@@ -150,6 +151,7 @@ class Llava(nn.Module):
         """Answer left-padded prompts with the LM's KV-cached generation: new ids (B, T_new)."""
         if attention_mask is not None and not attention_mask[:, -1].all():
             raise ValueError("prompts must be left-padded for generation (encode_chat(..., padding_side='left'))")
+        check_token_ids(input_ids, self.config.vocab_size)
         self.check_prompts(input_ids, image_index, len(images))
         merged = self.merge_image_tokens(input_ids, self.encode_images(images), attention_mask, None, image_index)
         return self.lm.generate(inputs_embeds=merged.embeds, attention_mask=merged.attention_mask,
@@ -171,9 +173,8 @@ class Llava(nn.Module):
         return self.projector(self.vision(self.normalize(images)).tokens)
 
     def check_prompts(self, input_ids, image_index, num_images):
-        """Token ids in range, one <image> and an <assistant> per row, image_index in range (reads values)."""
+        """One <image> and an <assistant> per row, image_index in range (reads values; the ids are checked first)."""
         c = self.config
-        check_token_ids(input_ids, c.vocab_size)
         images_per_row = (input_ids == c.image_token_id).sum(1)
         if not (images_per_row == 1).all():
             bad = int((images_per_row != 1).nonzero()[0, 0])
