@@ -9,9 +9,9 @@
   its submodules, so that DistributedDataParallel can synchronise gradients.
 - AdamW (weight decay on matrices only), linear warmup then cosine decay, gradient
   clipping, bf16 autocast and optional torch.compile on CUDA, device auto-pick
-  (cuda > mps > cpu), a tqdm progress bar with the loss (read from the device every 25
-  steps, not every step: each read is a GPU -> CPU sync), an eval callback, and a
-  returned history for plotting.
+  (cuda > mps > cpu), a text progress bar (tqdm, on stdout) with the loss (read from the
+  device every 25 steps, not every step: each read is a GPU -> CPU sync), an eval
+  callback, and a returned history for plotting.
 - Checkpoints hold model, optimizer, step and history; they load with weights_only=True.
 - Under `torchrun --nproc_per_node=N`, each rank takes its 1/N slice of the global batch
   and DDP averages gradients (gloo on CPU, nccl on GPU): the same update as one process
@@ -21,13 +21,14 @@
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .distributed import join, shard
 
@@ -178,8 +179,10 @@ def fit(model, get_batch, loss_fn, config=None, eval_fn=None, resume_from=None):
             save_checkpoint(config.checkpoint_path, model, optimizer, step, history, {"config": asdict(config)})
 
     model.train()
+    # A text bar on stdout, not a notebook widget: a saved notebook keeps its final line
+    # (a widget saved without its state shows "0/500" forever), and it writes nothing to stderr.
     bar = tqdm(range(start_step, config.steps), initial=start_step, total=config.steps,
-               disable=not config.progress or rank != 0, desc="training")
+               disable=not config.progress or rank != 0, desc="training", file=sys.stdout, ncols=100)
     pending = []    # the latest losses, still on the device: read in one go (one GPU -> CPU sync)
 
     def read_losses():

@@ -1,4 +1,5 @@
-"""Plotting helpers the chapters share: image grids, training curves, attention overlays. No model imports."""
+"""Plotting helpers the chapters share: image grids, training curves, attention overlays. No model imports.
+(Architecture figures drawn from a model's config are in figures.py.)"""
 
 import textwrap
 

@@ -1,5 +1,7 @@
 """Plotting helpers: image grids with titles and colours, training curves, attention overlays, patch grids, answer figures."""
 
+import itertools
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -8,6 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.colors import same_color  # noqa: E402
+from matplotlib.text import Text  # noqa: E402
 
 from minivlm.viz import answer_figure, draw_patch_grid, overlay_attention, plot_history, show_images  # noqa: E402
 

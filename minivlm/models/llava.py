@@ -247,6 +247,14 @@ class Llava(nn.Module):
                              f"{str(error).splitlines()[0]}") from None
         return self
 
+    def load_language_model(self, lm):
+        """Initialise the LM from a pretrained one with the same config, e.g. minivlm.pretrained.language_model()."""
+        if lm.config != self.config.lm_config():
+            raise ValueError(f"the language model's config {lm.config} does not match this model's "
+                             f"{self.config.lm_config()}")
+        self.lm.load_state_dict(lm.state_dict())
+        return self
+
 
 @torch.no_grad()
 def answer_questions(model, tokenizer, images, questions, image_index=None, max_new_tokens=4):

@@ -1,0 +1,111 @@
+"""A pretrained language model, to be kept frozen: chapter 04's LM trained on Shapes text.
+
+LLaVA (arXiv 2304.08485), BLIP-2 (arXiv 2301.12597) and Flamingo (arXiv 2204.14198) all start
+from a language model that already knows its language, and keep it frozen while a connector
+learns to speak to it. Our stand-in is trained on the text side of the Shapes world: a scene
+told in words, a question about it, and the answer,
+
+    "<bos> <user> a large red circle at the top left . how many circles are there ? <assistant> one <eos>"
+
+so it learns the captions' grammar, the question templates, which answer words fit which
+question, and to read the answer off the description. A VLM's prompt is the same sentence with
+the caption replaced by the picture, "<user> <image> how many circles ... <assistant>": what
+its connector has to learn is to put into the LM's embedding space what the caption said.
+
+    lm = language_model(LMConfig(vocab_size=58, dim=64, depth=2, tie_embeddings=False))   # trains once, then loads from the cache
+
+Training takes a fixed number of steps (PRETRAIN["steps"]; ≤ 20 s on a 2-core CPU); the weights
+are cached under $MINIVLM_CACHE (default ~/.cache/minivlm), in a file named by a hash of the
+LM config, the recipe, the seed and the package version. A file that does not load (cut off,
+or from elsewhere) is trained again and replaced. The model comes back in eval mode with every
+parameter frozen (requires_grad=False); unfreeze it for LLaVA's stage 2.
+"""
+
+import hashlib
+import json
+import os
+import warnings
+from dataclasses import asdict
+
+import torch
+
+from . import __version__
+from .data import QUESTION_KINDS, Tokenizer, WorldConfig, caption, sample_scenes, sample_vqa
+from .lm import LanguageModel, LMConfig
+from .models.llava import chat_prompt
+from .train import TrainConfig, fit, load_checkpoint, pick_device, save_checkpoint, seed_everything
+
+PRETRAIN = dict(steps=300, batch_size=64, lr=3e-3, warmup_steps=30, scenes=12_000, questions_per_scene=4)
+
+
+def default_config(tokenizer=None):
+    """Chapter 04's LM (2 layers, 64 wide) with untied embeddings (see models/llava.py): the LM of chapters 05-07 and 10."""
+    return LMConfig(vocab_size=len(tokenizer or Tokenizer()), dim=64, depth=2, heads=4, max_seq_len=128,
+                    tie_embeddings=False)
+
+
+def cache_dir():
+    """$MINIVLM_CACHE, or ~/.cache/minivlm (created on first use)."""
+    return os.environ.get("MINIVLM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "minivlm")
+
+
+def cache_path(config, seed):
+    """The cache file for this config and seed: one name per (config, recipe, seed, package version)."""
+    key = json.dumps({"config": asdict(config), "recipe": PRETRAIN, "seed": seed, "version": __version__},
+                     sort_keys=True)
+    return os.path.join(cache_dir(), f"lm-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt")
+
+
+def pretraining_text(scenes, seed=0, per_scene=PRETRAIN["questions_per_scene"]):
+    """One document per question: the chat template with the scene's caption where the image goes."""
+    return [f"{chat_prompt(qa.question).replace('<image>', caption(scenes, i))} {qa.answer}"
+            for i, qa in sample_vqa(scenes, per_scene, seed=seed, kinds=QUESTION_KINDS)]
+
+
+def pretrain_language_model(config=None, seed=0, device=None, progress=False):
+    """Train a fresh LanguageModel on Shapes text (train-split scenes) -> (model, history)."""
+    tokenizer = Tokenizer()
+    config = config or default_config(tokenizer)
+    device = pick_device(device)
+    seed_everything(seed)
+    scenes = sample_scenes(PRETRAIN["scenes"], WorldConfig(), generator=torch.Generator().manual_seed(seed),
+                           split="train")
+    ids, mask = tokenizer.batch_encode(pretraining_text(scenes, seed), add_bos=True, add_eos=True)
+    if ids.shape[1] > config.max_seq_len:
+        raise ValueError(f"max_seq_len={config.max_seq_len} is shorter than the longest document ({ids.shape[1]})")
+    labels = ids.masked_fill(~mask, -100)
+    ids, labels, lengths = ids.to(device), labels.to(device), mask.sum(1)
+
+    def batch(step):
+        rows = torch.randint(len(lengths), (PRETRAIN["batch_size"],), generator=torch.Generator().manual_seed(step))
+        length = int(lengths[rows].max())
+        rows = rows.to(device)
+        return ids[rows, :length], labels[rows, :length]
+
+    model = LanguageModel(config)
+    history = fit(model, batch, lambda m, b: m(b[0], labels=b[1], validate=False).loss,
+                  TrainConfig(steps=PRETRAIN["steps"], lr=PRETRAIN["lr"], warmup_steps=PRETRAIN["warmup_steps"],
+                              device=str(device), seed=seed, progress=progress))
+    return model, history
+
+
+def language_model(config=None, seed=0, device=None, progress=False):
+    """The pretrained LM for `config` (default: default_config()), from the cache or trained now.
+
+    Returns a LanguageModel on `device` (default: the best present), in eval mode, frozen.
+    """
+    config = config or default_config()
+    path = cache_path(config, seed)
+    model = LanguageModel(config)
+    try:
+        load_checkpoint(path, model)
+    except FileNotFoundError:
+        model = None
+    except ValueError as error:
+        warnings.warn(f"rebuilding the cached language model: {error}", stacklevel=2)
+        model = None
+    if model is None:
+        model, history = pretrain_language_model(config, seed, device, progress)
+        save_checkpoint(path, model.cpu(), step=PRETRAIN["steps"], history=history,
+                        extra={"config": asdict(config), "recipe": PRETRAIN, "seed": seed, "version": __version__})
+    return model.to(pick_device(device)).eval().requires_grad_(False)
