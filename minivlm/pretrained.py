@@ -35,7 +35,7 @@ from .lm import LanguageModel, LMConfig
 from .models.llava import chat_prompt
 from .train import TrainConfig, fit, load_checkpoint, pick_device, save_checkpoint, seed_everything
 
-PRETRAIN = dict(steps=300, batch_size=64, lr=3e-3, warmup_steps=30, scenes=12_000, questions_per_scene=4)
+PRETRAIN = dict(steps=300, batch_size=64, lr=3e-3, warmup_steps=30, scenes=5_000, questions_per_scene=4)
 
 
 def default_config(tokenizer=None):
