@@ -7,8 +7,8 @@ import nbformat
 import pytest
 import torch
 
-from minivlm.course.grading import (Hint, check, expect_close, expect_equal, expect_known_mistakes, expect_shape,
-                                    run_check)
+from minivlm.course.grading import (CheckFailed, Hint, check, expect_close, expect_equal, expect_known_mistakes,
+                                    expect_shape, run_check)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,6 +52,15 @@ def test_not_implemented(capsys):
 def test_not_implemented_deep_inside(capsys):
     assert not check_double(lambda x: double_stub(x) + 1)
     assert "not implemented yet" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("learner", [double_stub, double_wrong, double_crashes])
+def test_under_nbgrader_a_check_that_did_not_pass_raises_after_printing(learner, capsys, monkeypatch):
+    monkeypatch.setenv("NBGRADER_EXECUTION", "autograde")
+    with pytest.raises(CheckFailed, match="double: did not pass"):
+        check_double(learner)
+    assert capsys.readouterr().out.startswith(("⏳ double", "❌ double"))     # the learner still sees the hint
+    assert check_double(double_solved)                                     # a passing check does not raise
 
 
 def test_hint(capsys):

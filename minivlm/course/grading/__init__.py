@@ -105,12 +105,24 @@ class CheckResult:
         pass  # the check already printed its line; don't add `True` under it
 
 
+class CheckFailed(AssertionError):
+    """Raised by a check that did not pass when an autograder runs the notebook (see `check`)."""
+
+
 def check(name):
-    """Decorator: `@check("patchify") def check_patchify(fn): ...` runs the body through `run_check`."""
+    """Decorator: `@check("patchify") def check_patchify(fn): ...` runs the body through `run_check`.
+
+    For a learner the check only prints its line. Under nbgrader (which sets NBGRADER_EXECUTION
+    when it executes a notebook) a check that did not pass also raises CheckFailed after printing,
+    so that the cell errors and the autograder gives it no points.
+    """
     def decorate(check_body):
         @functools.wraps(check_body)
         def run(*args, **kwargs):
-            return CheckResult(name, run_check(name, lambda: check_body(*args, **kwargs)))
+            result = CheckResult(name, run_check(name, lambda: check_body(*args, **kwargs)))
+            if not result and os.environ.get("NBGRADER_EXECUTION"):
+                raise CheckFailed(f"{name}: did not pass (see the line above)")
+            return result
         return run
     return decorate
 
