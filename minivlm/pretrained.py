@@ -30,7 +30,7 @@ from dataclasses import asdict
 import torch
 
 from . import __version__
-from .data import QUESTION_KINDS, Tokenizer, WorldConfig, caption, sample_scenes, sample_vqa
+from .data import Tokenizer, WorldConfig, caption, sample_scenes, sample_vqa
 from .lm import LanguageModel, LMConfig
 from .models.llava import chat_prompt
 from .train import TrainConfig, fit, load_checkpoint, pick_device, save_checkpoint, seed_everything
@@ -59,7 +59,7 @@ def cache_path(config, seed):
 def pretraining_text(scenes, seed=0, per_scene=PRETRAIN["questions_per_scene"]):
     """One document per question: the chat template with the scene's caption where the image goes."""
     return [f"{chat_prompt(qa.question).replace('<image>', caption(scenes, i))} {qa.answer}"
-            for i, qa in sample_vqa(scenes, per_scene, seed=seed, kinds=QUESTION_KINDS)]
+            for i, qa in sample_vqa(scenes, per_scene, seed=seed)]
 
 
 def pretrain_language_model(config=None, seed=0, device=None, progress=False):
