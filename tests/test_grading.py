@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from minivlm.course.grading import (CheckFailed, Hint, check, expect_close, expect_equal, expect_known_mistakes,
-                                    expect_shape, run_check)
+                                    expect_shape, run_check, call_learner, check_rng, OUTCOME_MIME)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -87,13 +87,47 @@ def test_library_not_implemented_error_with_message_is_a_crash(capsys):
     assert "your code raised NotImplementedError: aten::foo" in capsys.readouterr().out
 
 
-def test_bare_assert_and_run_check_returns_plain_bool(capsys):
+def test_bare_assert_and_run_check_returns_status_and_message(capsys):
     def fails():
         raise AssertionError()  # what a bare `assert` raises (pytest would add a message)
-    assert run_check("bare", fails) is False
+    assert run_check("bare", fails) == ("failed", "an assertion failed")
     out = capsys.readouterr().out
     assert out.startswith("❌ bare: an assertion failed\n   at test_grading.py")
-    assert run_check("ok", lambda: None) is True
+    assert run_check("ok", lambda: None) == ("passed", "passed")
+
+
+@pytest.mark.parametrize("learner, status, score", [
+    (double_solved, "passed", 3), (double_stub, "not-implemented", 0), (double_wrong, "failed", 0),
+    (double_crashes, "crashed", 0)])
+def test_outcome_is_structured(learner, status, score, capsys):
+    scored = check("double", points=3)(check_double.__wrapped__)
+    outcome = scored(learner).outcome
+    assert outcome["id"] == "double" and outcome["points"] == 3
+    assert outcome["status"] == status and outcome["score"] == score
+    assert outcome["message"] in capsys.readouterr().out
+
+
+def test_call_learner_copies_and_names_a_modified_input():
+    x = torch.ones(3)
+    assert call_learner(lambda t: t * 2, x).tolist() == [2, 2, 2]
+    def doubles_in_place(values, scale=1):
+        values *= 2
+        return values
+    with pytest.raises(Hint, match="modified its input `values` in place"):
+        call_learner(doubles_in_place, x)
+    assert x.tolist() == [1, 1, 1]
+    block = torch.nn.Linear(2, 2)
+    def rescales(module):
+        module.weight.data.mul_(2)
+    with pytest.raises(Hint, match="`module`"):
+        call_learner(rescales, block)
+
+
+def test_check_rng_obeys_the_seed(monkeypatch):
+    monkeypatch.setenv("MINIVLM_CHECK_SEED", "7")
+    assert check_rng().random() == check_rng().random()
+    monkeypatch.delenv("MINIVLM_CHECK_SEED", raising=False)
+    assert check_rng().random() != check_rng().random()
 
 
 def test_expect_messages():
@@ -163,6 +197,10 @@ def test_in_a_real_kernel(monkeypatch):
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for source in cells])
     nbclient.NotebookClient(nb, timeout=120, kernel_name="python3").execute()
     crashed, passed = nb.cells[2].outputs, nb.cells[3].outputs
-    assert [o.output_type for o in crashed + passed] == ["stream", "stream"]  # no `Out[]: True`
+    # the printed line, then the structured outcome; no `Out[]: True`
+    assert [o.output_type for o in crashed + passed] == ["stream", "display_data"] * 2
+    assert crashed[1].data[OUTCOME_MIME]["status"] == "crashed" and crashed[1].data["text/plain"] == ""
+    assert passed[1].data[OUTCOME_MIME] == {"id": "double", "points": 1, "score": 1, "status": "passed",
+                                            "message": "passed"}
     assert crashed[0].text.splitlines()[1] == "   at Cell In[2], line 2, in double"
     assert passed[0].text == "✅ double: passed\n"

@@ -46,7 +46,9 @@ learner functions are only called from check cells, each reporting
 """
 
 import functools
+import inspect
 import os
+import random
 import sys
 import traceback
 
@@ -64,8 +66,16 @@ class Hint(AssertionError):
 # running a check
 
 
+STATUSES = ("passed", "failed", "not-implemented", "crashed")
+# The MIME type of a check's structured outcome. `minivlm grade` reads only this, never the printed line.
+OUTCOME_MIME = "application/vnd.minivlm.check+json"
+
+
 def run_check(name, check_fn):
-    """Run `check_fn()`, print one line (two for a crash) saying how it went; True if it passed."""
+    """Run `check_fn()`, print one line (two for a crash) saying how it went; return (status, message).
+
+    status is one of STATUSES; message is the printed line without its emoji and name.
+    """
     try:
         check_fn()
     except NotImplementedError as error:
@@ -73,33 +83,41 @@ def run_check(name, check_fn):
         # message comes from a library (e.g. an op missing on MPS): a real error.
         if not str(error):
             print(f"⏳ {name}: {NOT_IMPLEMENTED}")
-            return False
-        _print_crash(name, error)
-        return False
+            return "not-implemented", NOT_IMPLEMENTED
+        return "crashed", _print_crash(name, error)
     except AssertionError as error:
         message = _first_line(error) or "an assertion failed"
         print(f"❌ {name}: {message}")
         if not isinstance(error, Hint):  # a bare `assert`, maybe in the learner's code
             _print_location(error)
-        return False
+        return "failed", message
     except Exception as error:
-        _print_crash(name, error)
-        return False
+        return "crashed", _print_crash(name, error)
     print(f"✅ {name}: passed")
-    return True
+    return "passed", "passed"
 
 
 class CheckResult:
-    """What a `@check` function returns: truthy iff it passed, and silent as a cell's last value."""
+    """What a `@check` function returns: truthy iff it passed, and silent as a cell's last value.
 
-    def __init__(self, name, passed):
-        self.name, self.passed = name, passed
+    `outcome` is the structured record also published to the notebook: a dict with the exercise
+    `id`, its `points`, the `score` earned (points or 0), the `status` (see STATUSES) and the `message`.
+    """
+
+    def __init__(self, name, status, message, points):
+        self.name, self.status = name, status
+        self.outcome = {"id": name, "points": points, "score": points if status == "passed" else 0,
+                        "status": status, "message": message}
+
+    @property
+    def passed(self):
+        return self.status == "passed"
 
     def __bool__(self):
         return self.passed
 
     def __repr__(self):
-        return f"CheckResult({self.name!r}, passed={self.passed})"
+        return f"CheckResult({self.name!r}, status={self.status!r})"
 
     def _ipython_display_(self):
         pass  # the check already printed its line; don't add `True` under it
@@ -109,22 +127,116 @@ class CheckFailed(AssertionError):
     """Raised by a check that did not pass when an autograder runs the notebook (see `check`)."""
 
 
-def check(name):
-    """Decorator: `@check("patchify") def check_patchify(fn): ...` runs the body through `run_check`.
+def _publish(outcome):
+    """Attach `outcome` to the running cell's outputs as OUTCOME_MIME data (only inside a Jupyter kernel)."""
+    shell = sys.modules.get("IPython") and sys.modules["IPython"].get_ipython()
+    if shell is None or not hasattr(shell, "kernel"):
+        return
+    from IPython.display import display
+    # the empty text/plain keeps front ends from saying they have no renderer for our MIME type
+    display({OUTCOME_MIME: outcome, "text/plain": ""}, raw=True)
 
-    For a learner the check only prints its line. Under nbgrader (which sets NBGRADER_EXECUTION
-    when it executes a notebook) a check that did not pass also raises CheckFailed after printing,
-    so that the cell errors and the autograder gives it no points.
+
+def check(name, points=1):
+    """Decorator: `@check("patchify", points=2) def check_patchify(fn): ...` runs the body through `run_check`.
+
+    The check prints its line and, inside a notebook, publishes its outcome (see CheckResult) as
+    OUTCOME_MIME display data, which `minivlm grade` collects. Under nbgrader (which sets
+    NBGRADER_EXECUTION when it executes a notebook) a check that did not pass also raises
+    CheckFailed after printing, so that the cell errors and the autograder gives it no points.
     """
     def decorate(check_body):
         @functools.wraps(check_body)
         def run(*args, **kwargs):
-            result = CheckResult(name, run_check(name, lambda: check_body(*args, **kwargs)))
+            status, message = run_check(name, lambda: check_body(*args, **kwargs))
+            result = CheckResult(name, status, message, points)
+            _publish(result.outcome)
             if not result and os.environ.get("NBGRADER_EXECUTION"):
                 raise CheckFailed(f"{name}: did not pass (see the line above)")
             return result
+        run.exercise_id, run.points = name, points
         return run
     return decorate
+
+
+# -----------------------------------------------------------------------------
+# inputs for checks: random sizes, and calling the learner's function on copies
+
+
+def check_rng():
+    """A `random.Random` for a check's sizes: fresh entropy each run, or MINIVLM_CHECK_SEED if set (tests).
+
+    Checks draw their sizes at random so that an answer hard-coded to one input's sizes cannot pass.
+    """
+    seed = os.environ.get("MINIVLM_CHECK_SEED")
+    return random.Random(int(seed) if seed else None)
+
+
+def torch_generator(rng):
+    """A CPU `torch.Generator` seeded from `rng`, for the check's tensors (the learner's global RNG stays untouched)."""
+    return torch.Generator().manual_seed(rng.getrandbits(63))
+
+
+def call_learner(fn, *args, what=None, **kwargs):
+    """`fn(*args, **kwargs)` on copies of the tensor arguments; a Hint if `fn` modified one of them.
+
+    Compute the expected value from the originals (before or after: they are never handed to `fn`).
+    Module arguments are passed as they are, and their parameters and buffers compared afterwards.
+    """
+    copied_args = [_copy(value) for value in args]
+    copied_kwargs = {key: _copy(value) for key, value in kwargs.items()}
+    snapshots = {id(v): _module_state(v) for v in [*args, *kwargs.values()] if isinstance(v, torch.nn.Module)}
+    result = fn(*copied_args, **copied_kwargs)
+    names = _parameter_names(fn, len(args))
+    pairs = [(names[i], args[i], copied_args[i]) for i in range(len(args))]
+    pairs += [(key, kwargs[key], copied_kwargs[key]) for key in kwargs]
+    for argument, original, passed in pairs:
+        before = snapshots.get(id(original), original)
+        after = _module_state(passed) if isinstance(passed, torch.nn.Module) else passed
+        if not _same(before, after):
+            raise Hint(f"{what or getattr(fn, '__name__', 'your function')} modified its input `{argument}` in "
+                       "place. Compute new tensors instead (x = x * 2, not x *= 2; masked_fill, not masked_fill_).")
+    return result
+
+
+def _copy(value):
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_copy(item) for item in value)
+    if isinstance(value, dict):
+        return {key: _copy(item) for key, item in value.items()}
+    return value
+
+
+def _module_state(module):
+    return {key: tensor.detach().clone() for key, tensor in module.state_dict().items()}
+
+
+def _same(before, after):
+    if isinstance(before, torch.Tensor):
+        return (isinstance(after, torch.Tensor) and before.shape == after.shape and before.dtype == after.dtype
+                and torch.equal(before.nan_to_num(0.0) if before.is_floating_point() else before,
+                                after.nan_to_num(0.0) if after.is_floating_point() else after)
+                and torch.equal(_nan_mask(before), _nan_mask(after)))
+    if isinstance(before, (list, tuple)):
+        return isinstance(after, (list, tuple)) and len(before) == len(after) and all(map(_same, before, after))
+    if isinstance(before, dict):
+        return isinstance(after, dict) and before.keys() == after.keys() and all(
+            _same(before[key], after[key]) for key in before)
+    return True  # numbers, strings, generators: not compared
+
+
+def _nan_mask(tensor):
+    return tensor.isnan() if tensor.is_floating_point() else torch.zeros_like(tensor, dtype=torch.bool)
+
+
+def _parameter_names(fn, count):
+    try:
+        names = list(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        names = []
+    return [names[i] if i < len(names) else f"argument {i + 1}" for i in range(count)]
 
 
 def _first_line(error):
@@ -134,9 +246,12 @@ def _first_line(error):
 
 
 def _print_crash(name, error):
+    """Print the crash line (and where in the learner's code); return the line without emoji and name."""
     message = _first_line(error)
-    print(f"❌ {name}: your code raised {type(error).__name__}" + (f": {message}" if message else ""))
+    line = f"your code raised {type(error).__name__}" + (f": {message}" if message else "")
+    print(f"❌ {name}: {line}")
     _print_location(error)
+    return line
 
 
 def _print_location(error):
