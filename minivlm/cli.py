@@ -9,6 +9,9 @@
         answers a question about a freshly rendered scene (or an image file) with a saved model
     minivlm exercises [--check]
         regenerates exercises/ from solutions/ (see minivlm/course/exercises.py)
+    minivlm grade PATH... [--only ID] [--json FILE] [--min-score PERCENT] [--timeout S]
+        executes learner notebooks in fresh kernels and scores them with the course's checks
+        (see minivlm/course/grade.py); exits 0 iff the score reaches --min-score (default 100)
 
 Bad input (a wrong image size, an unknown word, a prompt without <image>, a file that is not a
 tour checkpoint) stops with one clear line, before anything is written.
@@ -208,10 +211,15 @@ def main(argv=None):
     ask_parser.add_argument("--out", default="ask.png", help="where to save the image and answer (default: ask.png)")
     ask_parser.add_argument("--show", action="store_true", help="also open the figure in a window")
     commands.add_parser("exercises", help="regenerate exercises/ from solutions/", add_help=False)
+    commands.add_parser("grade", help="execute learner notebooks and grade them with the course's checks",
+                        add_help=False)
     args, rest = parser.parse_known_args(argv)
     if args.command == "exercises":
         from .course.exercises import main as exercises_main
         return exercises_main(rest)
+    if args.command == "grade":
+        from .course.grade import main as grade_main
+        return grade_main(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:

@@ -16,19 +16,32 @@ markdown cell it becomes `YOUR ANSWER HERE`. `### BEGIN HIDDEN TESTS` /
 `### END HIDDEN TESTS` regions are removed. Outputs and execution counts are
 cleared; notebook and cell metadata are kept.
 
+The generator also keeps three things in step with the solutions, so that there is
+one source of truth (the solution notebook and the `@check(name, points)` decorators):
+
+- the solution notebooks' nbgrader cell metadata (schema 3): a cell with a solution
+  region is a solution cell (`grade_id` "answer_<function>"); a check cell — one call
+  `chNN.check_NAME(...)` — is a locked, autograded cell with `grade_id` NAME and the
+  check's points; every other cell is locked, so nbgrader restores it when grading;
+- `minivlm/course/checks.json`, the manifest `minivlm grade` trusts: for each notebook,
+  every check cell's id, points and exact source;
+- `teaching/classroom/`, the GitHub Classroom template (see minivlm/course/classroom.py).
+
 Convention for authors: put solution regions inside function bodies, and call
 the learner's functions only from check cells (`ch01.check_patchify(patchify)`,
 see `minivlm.course.grading`). Then an exercise notebook runs top to bottom and every
 check prints "not implemented yet" until the learner fills it in.
 
     python -m minivlm.course.exercises            # regenerate exercises/
-    python -m minivlm.course.exercises --check    # exit 1 if exercises/ is stale (CI)
+    python -m minivlm.course.exercises --check    # exit 1 if anything generated is stale (CI)
 """
 
 import argparse
 import copy
 import hashlib
+import importlib
 import io
+import json
 import re
 import sys
 from pathlib import Path
@@ -79,6 +92,68 @@ def _clear_regions(source, stub, where):
     return "\n".join(kept)
 
 
+# A check cell is exactly one call of a chapter check: `ch01.check_patchify(patchify)`.
+CHECK_CELL = re.compile(r"^\s*(ch\d\d)\.check_(\w+)\((.*)\)\s*$", re.DOTALL)
+DEFINED_FUNCTION = re.compile(r"^\s*def\s+(\w+)\s*\(", re.MULTILINE)
+MANIFEST = Path(__file__).with_name("checks.json")
+NBGRADER_SCHEMA = 3
+
+
+def check_cell_id(source):
+    """(chapter module, exercise id) if `source` is a check cell, else None."""
+    match = CHECK_CELL.match(source)
+    if match is None:
+        return None
+    module = importlib.import_module(f"minivlm.course.grading.{match.group(1)}")
+    check_fn = getattr(module, f"check_{match.group(2)}", None)
+    exercise_id = getattr(check_fn, "exercise_id", None)
+    return (module, exercise_id) if exercise_id else None
+
+
+def _nbgrader(grade_id, *, solution=False, grade=False, locked=False, points=None):
+    meta = {"grade": grade, "grade_id": grade_id, "locked": locked, "schema_version": NBGRADER_SCHEMA,
+            "solution": solution, "task": False}
+    if points is not None:
+        meta["points"] = points
+    return meta
+
+
+def annotate_solution(solution_nb, name="notebook"):
+    """Set nbgrader metadata on every cell of a solution notebook (in place); return its check cells.
+
+    Returns a list of {"id", "points", "source"} in notebook order.
+    """
+    checks, seen = [], set()
+    for index, cell in enumerate(solution_nb.cells):
+        where = f"{name}, cell {index}"
+        has_solution = any(_marker(line) == ("begin", "solution") for line in cell.source.split("\n"))
+        found = check_cell_id(cell.source) if cell.cell_type == "code" else None
+        if has_solution and cell.cell_type != "code":
+            raise ValueError(f"{where}: a solution region in a markdown cell can't be autograded; "
+                             "ask for the answer as a function that returns it")
+        if has_solution:
+            functions = DEFINED_FUNCTION.findall(cell.source)
+            if not functions:
+                raise ValueError(f"{where}: put the solution region inside a function body")
+            grade_id = f"answer_{functions[0]}"
+            meta = _nbgrader(grade_id, solution=True)
+        elif found is not None:
+            module, grade_id = found
+            points = getattr(module, f"check_{CHECK_CELL.match(cell.source).group(2)}").points
+            meta = _nbgrader(grade_id, grade=True, locked=True, points=points)
+            checks.append({"id": grade_id, "points": points, "source": cell.source})
+        else:
+            if cell.cell_type == "code" and re.search(r"\bcheck_\w+\s*\(", cell.source):
+                raise ValueError(f"{where}: a check cell must be exactly one call `chNN.check_NAME(...)`")
+            grade_id = f"cell_{cell.get('id') or index}"
+            meta = _nbgrader(grade_id, locked=True)
+        if grade_id in seen:
+            raise ValueError(f"{where}: grade_id {grade_id!r} is used twice")
+        seen.add(grade_id)
+        cell.metadata["nbgrader"] = meta
+    return checks
+
+
 def generate_exercise(solution_nb, name="notebook"):
     """The exercise version of a solution notebook (a new NotebookNode; the input is untouched)."""
     exercise = copy.deepcopy(solution_nb)
@@ -109,31 +184,48 @@ def _notebook_text(nb):
     return buffer.getvalue()
 
 
-def generate_exercises(solutions_dir="solutions", exercises_dir="exercises", check=False):
-    """Regenerate exercises_dir/NAME.ipynb from each solutions_dir/NAME.ipynb; return the paths changed.
+def _update(path, text, changed, check):
+    """Write `text` to `path` unless it already holds it; record the path in `changed`."""
+    path = Path(path)
+    if path.exists() and path.read_text(encoding="utf-8") == text:
+        return
+    changed.append(path)
+    if not check:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
 
-    Exercise notebooks without a solution are stale and deleted. With
+
+def generate_exercises(solutions_dir="solutions", exercises_dir="exercises", check=False,
+                       manifest=MANIFEST, classroom_dir=None):
+    """Annotate solutions_dir/*.ipynb, regenerate exercises_dir/ from them, write the manifest; return the paths changed.
+
+    Exercise notebooks without a solution are stale and deleted. `manifest=None` skips the
+    manifest; `classroom_dir` (a folder) also writes the GitHub Classroom template there. With
     `check=True` nothing is written: the return value lists what would change.
     """
     solutions_dir, exercises_dir = Path(solutions_dir), Path(exercises_dir)
-    changed = []
+    changed, checks, exercise_texts = [], {}, {}
     solution_paths = sorted(solutions_dir.glob("*.ipynb"))
     for solution_path in solution_paths:
-        exercise_path = exercises_dir / solution_path.name
-        text = _notebook_text(generate_exercise(_read(solution_path), name=str(solution_path)))
-        if exercise_path.exists() and exercise_path.read_text(encoding="utf-8") == text:
-            continue
-        changed.append(exercise_path)
-        if not check:
-            exercises_dir.mkdir(parents=True, exist_ok=True)
-            with open(exercise_path, "w", encoding="utf-8", newline="\n") as f:
-                f.write(text)
+        solution = _read(solution_path)
+        checks[solution_path.stem] = annotate_solution(solution, name=str(solution_path))
+        _update(solution_path, _notebook_text(solution), changed, check)
+        exercise_texts[solution_path.stem] = _notebook_text(generate_exercise(solution, name=str(solution_path)))
+        _update(exercises_dir / solution_path.name, exercise_texts[solution_path.stem], changed, check)
     solution_names = {path.name for path in solution_paths}
     for orphan in sorted(exercises_dir.glob("*.ipynb")):
         if orphan.name not in solution_names:
             changed.append(orphan)
             if not check:
                 orphan.unlink()
+    if manifest is not None:
+        text = json.dumps({"version": 1, "notebooks": checks}, indent=1, ensure_ascii=False) + "\n"
+        _update(manifest, text, changed, check)
+    if classroom_dir is not None:
+        from .classroom import template_files
+        for relative, text in template_files(checks, exercise_texts).items():
+            _update(Path(classroom_dir) / relative, text, changed, check)
     return changed
 
 
@@ -143,9 +235,11 @@ def main(argv=None):
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if exercises are out of date")
     parser.add_argument("--solutions", default="solutions", help="folder of solution notebooks (default: solutions)")
     parser.add_argument("--exercises", default="exercises", help="folder of exercise notebooks (default: exercises)")
+    parser.add_argument("--classroom", default="teaching/classroom",
+                        help="folder of the GitHub Classroom template (default: teaching/classroom)")
     args = parser.parse_args(argv)
     try:
-        changed = generate_exercises(args.solutions, args.exercises, check=args.check)
+        changed = generate_exercises(args.solutions, args.exercises, check=args.check, classroom_dir=args.classroom)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -158,7 +252,7 @@ def main(argv=None):
     for path in changed:
         print(f"{'wrote' if path.exists() else 'deleted'} {path}")
     if not changed:
-        print(f"{args.exercises}/ is up to date")
+        print("solutions/ metadata, exercises/, the check manifest and the Classroom template are up to date")
     return 0
 
 
