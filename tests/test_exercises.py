@@ -1,7 +1,6 @@
 """exercises/ is generated from solutions/, runs headless, and every check in it says "not implemented yet"."""
 
 import json
-import os
 import re
 from pathlib import Path
 
@@ -9,7 +8,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from minivlm.course.exercises import generate_exercise, generate_exercises, main
+from minivlm.course.exercises import MANIFEST, generate_exercise, generate_exercises, main
 
 REPO = Path(__file__).resolve().parents[1]
 SOLUTIONS, EXERCISES = REPO / "solutions", REPO / "exercises"
@@ -48,22 +47,24 @@ def test_exercise_is_regenerated_solution(name, tmp_path):
         f"exercises/{name} is stale: run `python -m minivlm.course.exercises`")
 
 
-def test_exercises_folder_up_to_date():
-    assert generate_exercises(SOLUTIONS, EXERCISES, check=True) == [], "run `python -m minivlm.course.exercises`"
+def test_everything_generated_is_up_to_date():
+    """exercises/, the solutions' nbgrader metadata, the check manifest and the Classroom template."""
+    stale = generate_exercises(SOLUTIONS, EXERCISES, check=True, annotate=True, manifest=MANIFEST,
+                               classroom_dir=REPO / "teaching" / "classroom")
+    assert stale == [], "run `python -m minivlm.course.exercises`"
 
 
 @solution_names()
-def test_exercise_runs_and_every_check_is_not_implemented(name, monkeypatch):
+def test_exercise_runs_and_every_check_is_not_implemented(name):
+    """`minivlm grade` on an untouched exercise notebook: it runs top to bottom, every check says "not implemented"."""
     require(name)
-    nbclient = pytest.importorskip("nbclient")
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    nb = nbformat.read(EXERCISES / name, as_version=4)
-    nbclient.NotebookClient(
-        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(EXERCISES)}}).execute()
-    for index, cell in enumerate(nb.cells):
-        if is_check_cell(cell):
-            text = output_text(cell)
-            assert "not implemented yet" in text and "passed" not in text, f"{name}, cell {index}: {text!r}"
+    pytest.importorskip("nbclient")
+    from minivlm.course.grade import grade_notebook, load_manifest
+    report = grade_notebook(EXERCISES / name)
+    assert report.problem is None and report.score == 0
+    assert [result.id for result in report.exercises] == [check["id"] for check in load_manifest()[Path(name).stem]]
+    for result in report.exercises:
+        assert result.status == "not-implemented", f"{name}, {result.id}: {result.status} ({result.message})"
 
 
 @solution_names()
@@ -149,7 +150,9 @@ def test_unbalanced_markers_raise(source, problem):
 def test_generate_exercises_deterministic_check_mode_and_cli(tmp_path, capsys):
     solutions, exercises = tmp_path / "solutions", tmp_path / "exercises"
     solutions.mkdir()
-    nbformat.write(solution_notebook(), solutions / "01_demo.ipynb")
+    demo = solution_notebook()
+    demo.cells = demo.cells[1:]       # no markdown answer: the command also writes nbgrader metadata, autograded only
+    nbformat.write(demo, solutions / "01_demo.ipynb")
     assert generate_exercises(solutions, exercises, check=True) == [exercises / "01_demo.ipynb"]
     assert not exercises.exists(), "check mode writes nothing"
     assert generate_exercises(solutions, exercises) == [exercises / "01_demo.ipynb"]
@@ -159,8 +162,43 @@ def test_generate_exercises_deterministic_check_mode_and_cli(tmp_path, capsys):
     assert (exercises / "01_demo.ipynb").read_bytes() == first
 
     (exercises / "99_orphan.ipynb").write_text(first.decode())
-    args = ["--solutions", str(solutions), "--exercises", str(exercises)]
+    args = ["--solutions", str(solutions), "--exercises", str(exercises),
+            "--manifest", str(tmp_path / "checks.json"), "--classroom", str(tmp_path / "classroom")]
     assert main(["--check", *args]) == 1
     assert "99_orphan.ipynb" in capsys.readouterr().out
     assert main(args) == 0 and not (exercises / "99_orphan.ipynb").exists()
     assert main(["--check", *args]) == 0
+
+
+def test_annotate_solution_sets_nbgrader_metadata():
+    from minivlm.course.exercises import annotate_solution
+    from minivlm.course.grading import ch01
+    nb = new_notebook(cells=[
+        new_markdown_cell("# Exercises"), new_code_cell("from minivlm.course.grading import ch01"),
+        new_code_cell(SOLVED_CELL), new_code_cell("ch01.check_patchify(patchify)")])
+    checks = annotate_solution(nb)
+    meta = [cell.metadata["nbgrader"] for cell in nb.cells]
+    assert checks == [{"id": "patchify", "points": ch01.check_patchify.points, "source": "ch01.check_patchify(patchify)"}]
+    assert meta[2] == {"grade": False, "grade_id": "answer_patchify", "locked": False, "schema_version": 3,
+                       "solution": True, "task": False}
+    assert meta[3] == {"grade": True, "grade_id": "patchify", "locked": True, "points": ch01.check_patchify.points,
+                       "schema_version": 3, "solution": False, "task": False}
+    assert all(m["locked"] and not m["solution"] and not m["grade"] for m in meta[:2])
+
+
+@pytest.mark.parametrize("cell, problem", [
+    (new_markdown_cell("### BEGIN SOLUTION\nanswer\n### END SOLUTION"), "markdown cell can't be autograded"),
+    (new_code_cell("x = 1\nch01.check_patchify(patchify)"), "exactly one call"),
+    (new_code_cell("### BEGIN SOLUTION\nx = 1\n### END SOLUTION"), "inside a function body"),
+])
+def test_annotate_solution_rejects_what_cannot_be_autograded(cell, problem):
+    from minivlm.course.exercises import annotate_solution
+    with pytest.raises(ValueError, match=problem):
+        annotate_solution(new_notebook(cells=[cell]))
+
+
+def test_teaching_lists_every_exercise_with_its_points():
+    rows = re.findall(r"^\| (\d\d_\w+) \| `(\w+)` \| [^|]+ \| (\d+) \|", (REPO / "TEACHING.md").read_text(), re.MULTILINE)
+    manifest = json.loads(MANIFEST.read_text())["notebooks"]
+    assert rows == [(notebook, check["id"], str(check["points"])) for notebook, checks in manifest.items()
+                    for check in checks]

@@ -197,12 +197,14 @@ def _update(path, text, changed, check):
 
 
 def generate_exercises(solutions_dir="solutions", exercises_dir="exercises", check=False,
-                       manifest=MANIFEST, classroom_dir=None):
-    """Annotate solutions_dir/*.ipynb, regenerate exercises_dir/ from them, write the manifest; return the paths changed.
+                       annotate=False, manifest=None, classroom_dir=None):
+    """Regenerate exercises_dir/ from solutions_dir/*.ipynb; return the paths changed.
 
-    Exercise notebooks without a solution are stale and deleted. `manifest=None` skips the
-    manifest; `classroom_dir` (a folder) also writes the GitHub Classroom template there. With
-    `check=True` nothing is written: the return value lists what would change.
+    The exercises are made from the solutions with their nbgrader metadata set (annotate_solution).
+    Also, if given: `annotate` writes that metadata back into the solution notebooks, `manifest`
+    (a path) writes the check manifest, `classroom_dir` (a folder) the GitHub Classroom template.
+    Exercise notebooks without a solution are stale and deleted. With `check=True` nothing is
+    written: the return value lists what would change.
     """
     solutions_dir, exercises_dir = Path(solutions_dir), Path(exercises_dir)
     changed, checks, exercise_texts = [], {}, {}
@@ -210,7 +212,8 @@ def generate_exercises(solutions_dir="solutions", exercises_dir="exercises", che
     for solution_path in solution_paths:
         solution = _read(solution_path)
         checks[solution_path.stem] = annotate_solution(solution, name=str(solution_path))
-        _update(solution_path, _notebook_text(solution), changed, check)
+        if annotate:
+            _update(solution_path, _notebook_text(solution), changed, check)
         exercise_texts[solution_path.stem] = _notebook_text(generate_exercise(solution, name=str(solution_path)))
         _update(exercises_dir / solution_path.name, exercise_texts[solution_path.stem], changed, check)
     solution_names = {path.name for path in solution_paths}
@@ -237,9 +240,12 @@ def main(argv=None):
     parser.add_argument("--exercises", default="exercises", help="folder of exercise notebooks (default: exercises)")
     parser.add_argument("--classroom", default="teaching/classroom",
                         help="folder of the GitHub Classroom template (default: teaching/classroom)")
+    parser.add_argument("--manifest", default=str(MANIFEST),
+                        help="the check manifest `minivlm grade` reads (default: minivlm/course/checks.json)")
     args = parser.parse_args(argv)
     try:
-        changed = generate_exercises(args.solutions, args.exercises, check=args.check, classroom_dir=args.classroom)
+        changed = generate_exercises(args.solutions, args.exercises, check=args.check, annotate=True,
+                                     manifest=args.manifest, classroom_dir=args.classroom)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -15,7 +15,7 @@ For each notebook the grader
    per cell: a cell that errors does not stop the run, a cell that runs past the limit is
    interrupted, and a dead kernel ends the run;
 4. reads, from each check cell's outputs only, the outcome the check published
-   (`minivlm.course.grading.OUTCOME_MIME`): printed lines and stored outputs are never trusted.
+   (`minivlm.course.OUTCOME_MIME`): printed lines and stored outputs are never trusted.
    A check cell that never ran, raised before its check did, or timed out scores 0, with the reason.
 
 It exits 0 iff the score reaches --min-score (default: 100%, every graded exercise passed).
@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .exercises import MANIFEST
-from .grading import OUTCOME_MIME
+from . import OUTCOME_MIME
 
 DEFAULT_CELL_TIMEOUT = 120
 

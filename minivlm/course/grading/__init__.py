@@ -45,6 +45,7 @@ learner functions are only called from check cells, each reporting
 `expect_*` helpers are one small library that every chapter's checks import as a whole.)
 """
 
+import contextlib
 import functools
 import inspect
 import os
@@ -53,6 +54,8 @@ import sys
 import traceback
 
 import torch
+
+from minivlm.course import OUTCOME_MIME  # noqa: F401  (re-exported: checks publish it)
 
 NOT_IMPLEMENTED = "not implemented yet — replace `raise NotImplementedError()` with your code"
 _MAX_MESSAGE_CHARS = 300
@@ -67,8 +70,6 @@ class Hint(AssertionError):
 
 
 STATUSES = ("passed", "failed", "not-implemented", "crashed")
-# The MIME type of a check's structured outcome. `minivlm grade` reads only this, never the printed line.
-OUTCOME_MIME = "application/vnd.minivlm.check+json"
 
 
 def run_check(name, check_fn):
@@ -175,6 +176,21 @@ def check_rng():
 def torch_generator(rng):
     """A CPU `torch.Generator` seeded from `rng`, for the check's tensors (the learner's global RNG stays untouched)."""
     return torch.Generator().manual_seed(rng.getrandbits(63))
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Run a check's training on one CPU thread, then restore the learner's setting.
+
+    The experiment models are too small to gain from more threads, and on a busy 2-core machine two
+    spinning threads made them 5-10x slower.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def call_learner(fn, *args, what=None, **kwargs):
