@@ -437,7 +437,7 @@ def test_check_attention_weights_224(answer, expected, capsys):
     (lambda: "a", "(B, S) meets the (L, S)"),
     (lambda: "c", "puts the keys on the heads axis"),
     (lambda: "d", "puts the batch on the query axis"),
-    (lambda: "e", "should return one of 'a', 'b', 'c', 'd'"),
+    (lambda: "e", "should return one of \"a\", \"b\", \"c\", \"d\""),
     (lambda: 2, "should return one of"),
     (lambda: "keep[:, None, None, :]", "should return one of"),
 ])

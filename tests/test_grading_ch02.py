@@ -471,8 +471,8 @@ def test_questions_right_answers_pass(check, answer, grade):
     (ch02.check_text_id_after_video, "11", "should return an int"),
     (ch02.check_unseen_offsets, "a", "no position table"),
     (ch02.check_unseen_offsets, "b", "bigger offsets"),
-    (ch02.check_unseen_offsets, "d", "one of 'a', 'b', 'c'"),
-    (ch02.check_unseen_offsets, 3, "one of 'a', 'b', 'c'"),
+    (ch02.check_unseen_offsets, "d", 'one of "a", "b", "c"'),
+    (ch02.check_unseen_offsets, 3, 'one of "a", "b", "c"'),
 ])
 def test_questions_wrong_answers_get_a_hint(check, answer, hint, grade):
     passed, out = grade(check, lambda: answer)

@@ -48,6 +48,7 @@ learner functions are only called from check cells, each reporting
 import contextlib
 import functools
 import inspect
+import numbers
 import os
 import random
 import sys
@@ -418,3 +419,30 @@ def _matches(value, wrong, exact, atol, rtol):
     if exact:
         return torch.equal(value, wrong)
     return torch.allclose(value.double(), wrong.double(), atol=atol, rtol=rtol, equal_nan=True)
+
+
+# -----------------------------------------------------------------------------
+# answers to concept questions
+
+
+def answer_number(value, what, integer=False):
+    """The learner's answer as a Python number (an int if `integer`), else a Hint; a bool is not a number.
+
+    A one-element tensor counts as its value; a float (256.0) is not an int.
+    """
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    kinds = numbers.Integral if integer else numbers.Real
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        raise Hint(f"{what} should return {'an int' if integer else 'a number'}, got {_short_repr(value)}.")
+    return int(value) if integer else value
+
+
+def answer_choice(value, options, what):
+    """The learner's letter among `options` (lower-cased; "b)" and "(b)" read as "b"), else a Hint naming them."""
+    letter = value.strip().strip("()").lower() if isinstance(value, str) else None
+    if letter not in options:
+        letters = ", ".join(f'"{option}"' for option in options)
+        raise Hint(f"{what} should return one of {letters}, got {_short_repr(value)}.")
+    return letter
+

@@ -10,7 +10,6 @@ names the one that matches, so the hint says what to change.
 
 import contextlib
 import math
-import numbers
 from dataclasses import replace
 
 import torch
@@ -19,8 +18,8 @@ import torch.nn.functional as F
 from minivlm import attention as attention_lib
 from minivlm import patching
 from minivlm.blocks import TransformerBlock
-from minivlm.course.grading import (Hint, call_learner, check, check_rng, expect_close, expect_known_mistakes,
-                                    expect_shape, one_thread, torch_generator)
+from minivlm.course.grading import (Hint, answer_choice, answer_number, call_learner, check, check_rng, expect_close,
+                                    expect_known_mistakes, expect_shape, one_thread, torch_generator)
 from minivlm.data import COLORS, SHAPES, SIZES, WorldConfig, render, scenes_from_objects
 from minivlm.train import TrainConfig, fit
 from minivlm.vit import ViT, ViTClassifier, ViTConfig
@@ -436,11 +435,6 @@ def check_positions_experiment(vit_classify):
 
 # ----------------------------------------------------------------------------- concept questions
 
-def _expect_int(answer, what):
-    if isinstance(answer, bool) or not isinstance(answer, numbers.Integral):
-        raise Hint(f"{what} should return an int, got {answer!r}.")
-
-
 @check("attention_weights_224", points=1)
 def check_attention_weights_224(attention_weights_224):
     answer = call_learner(attention_weights_224, what="attention_weights_224()")
@@ -448,7 +442,7 @@ def check_attention_weights_224(attention_weights_224):
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         weights = ViT(config).attention_maps(torch.zeros(1, 3, 224, 224))[0]    # (1, heads, N + 1, N + 1)
     tokens = weights.shape[-1]
-    _expect_int(answer, "attention_weights_224()")
+    answer = answer_number(answer, "attention_weights_224()", integer=True)
     mistakes = {
         (tokens - 1) ** 2: "the [CLS] token is part of the sequence too: it is a query and a key like every patch.",
         tokens: "that is the number of tokens. A head computes one weight for every (query, key) pair.",
@@ -476,9 +470,7 @@ def _padding_options(keep):
 @check("padding_mask", points=1)
 def check_padding_mask(padding_mask):
     answer = call_learner(padding_mask, what="padding_mask()")
-    letter = answer.strip().lower().rstrip(")") if isinstance(answer, str) else None
-    if letter not in PADDING_OPTIONS:
-        raise Hint(f"padding_mask() should return one of {', '.join(map(repr, PADDING_OPTIONS))}, got {answer!r}.")
+    letter = answer_choice(answer, PADDING_OPTIONS, "padding_mask()")
     B, H, L, S = 3, 2, 3, 4                 # B = L, so that the wrong options broadcast and can be compared
     keep = torch.tensor([[True] * 4, [True] * 2 + [False] * 2, [True] * 3 + [False]])
     wanted = attention_lib.build_mask(B, H, L, S, key_padding_mask=keep).expand(B, H, L, S)
@@ -503,7 +495,7 @@ def check_patch_embed_parameters(patch_embed_parameters):
     with torch.device("meta"):                  # shapes only: no memory, no random numbers
         embed = patching.PatchEmbed(patch_size=16, in_channels=3, dim=768)
     weights, biases = embed.proj.weight.numel(), embed.proj.bias.numel()
-    _expect_int(answer, "patch_embed_parameters()")
+    answer = answer_number(answer, "patch_embed_parameters()", integer=True)
     mistakes = {
         weights: "every output channel also has a bias.",
         weights * 196 + biases: "the same weights are applied to every patch: the count doesn't depend on the "

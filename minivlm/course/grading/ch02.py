@@ -19,14 +19,13 @@ of placeholders) to give a specific hint.
 """
 
 import math
-import numbers
 
 import torch
 import torch.nn.functional as F
 
 from minivlm import rope
-from minivlm.course.grading import (Hint, call_learner, check, check_rng, expect_close, expect_equal,
-                                    expect_known_mistakes, expect_shape, one_thread, torch_generator)
+from minivlm.course.grading import (Hint, answer_choice, answer_number, call_learner, check, check_rng, expect_close,
+                                    expect_equal, expect_known_mistakes, expect_shape, one_thread, torch_generator)
 from minivlm.lm import LanguageModel, LMConfig
 from minivlm.train import TrainConfig, fit
 from minivlm.vit import ViT, ViTConfig
@@ -456,15 +455,10 @@ def check_grid_positions_experiment(image_position_ids):
 
 # ----------------------------------------------------------------------------- concept questions
 
-def _expect_int(answer, what):
-    if isinstance(answer, bool) or not isinstance(answer, numbers.Integral):
-        raise Hint(f"{what} should return an int, got {answer!r}.")
-
-
 @check("full_turn_position", points=1)
 def check_full_turn_position(full_turn_position):
     answer = call_learner(full_turn_position, what="full_turn_position()")
-    _expect_int(answer, "full_turn_position()")
+    answer = answer_number(answer, "full_turn_position()", integer=True)
     frequencies = rope.rope_frequencies(64)                                  # D = 64, base 10000
     first_full_turn = math.ceil(2 * math.pi / frequencies[16].item())
     mistakes = {
@@ -486,7 +480,7 @@ QUESTION_PROMPT = dict(text_before=5, video_grid=(3, 8, 12), spatial_merge_size=
 @check("text_id_after_video", points=1)
 def check_text_id_after_video(text_id_after_video):
     answer = call_learner(text_id_after_video, what="text_id_after_video()")
-    _expect_int(answer, "text_id_after_video()")
+    answer = answer_number(answer, "text_id_after_video()", integer=True)
     p, (t, h, w) = QUESTION_PROMPT, QUESTION_PROMPT["video_grid"]
     m = p["spatial_merge_size"]
     text, video = 0, 1
@@ -525,9 +519,7 @@ def _offsets(grid):
 @check("unseen_offsets", points=1)
 def check_unseen_offsets(unseen_offsets):
     answer = call_learner(unseen_offsets, what="unseen_offsets()")
-    letter = answer.strip().lower().strip("()") if isinstance(answer, str) else None
-    if letter not in UNSEEN_OPTIONS:
-        raise Hint(f"unseen_offsets() should return one of {', '.join(map(repr, UNSEEN_OPTIONS))}, got {answer!r}.")
+    letter = answer_choice(answer, UNSEEN_OPTIONS, "unseen_offsets()")
     config = ViTConfig(image_size=32, patch_size=8, dim=16, depth=1, heads=2, positions="rope2d")
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         try:

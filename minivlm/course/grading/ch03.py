@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from minivlm import contrastive
-from minivlm.course.grading import (Hint, call_learner, check, check_rng, expect_close, expect_known_mistakes,
-                                    expect_shape, one_thread, torch_generator)
+from minivlm.course.grading import (Hint, answer_choice, call_learner, check, check_rng, expect_close,
+                                    expect_known_mistakes, expect_shape, one_thread, torch_generator)
 from minivlm.data import Tokenizer, WorldConfig, caption, render, sample_scenes
 from minivlm.models.clip import CLIP, CLIPConfig, retrieval_recall
 from minivlm.train import TrainConfig, fit
@@ -402,10 +402,7 @@ LOSS_WITHOUT_ALL_GATHER_OPTIONS = {
 @check("loss_without_all_gather", points=1)
 def check_loss_without_all_gather(loss_without_all_gather):
     answer = call_learner(loss_without_all_gather, what="loss_without_all_gather")
-    letter = answer.strip().lower() if isinstance(answer, str) else None
-    if letter not in LOSS_WITHOUT_ALL_GATHER_OPTIONS:
-        raise Hint(f"loss_without_all_gather() returned {answer!r}: answer with one of the letters "
-                   f"{', '.join(repr(k) for k in LOSS_WITHOUT_ALL_GATHER_OPTIONS)}.")
+    letter = answer_choice(answer, LOSS_WITHOUT_ALL_GATHER_OPTIONS, "loss_without_all_gather()")
     rebuttal = LOSS_WITHOUT_ALL_GATHER_OPTIONS[letter]
     if rebuttal is not None:
         raise Hint(f"({letter}) is not true. Hint: {rebuttal}")

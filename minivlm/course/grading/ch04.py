@@ -20,15 +20,14 @@ give a specific hint.
 """
 
 import math
-import numbers
 import random
 
 import torch
 import torch.nn.functional as F
 
 from minivlm import attention, blocks, generation, lm
-from minivlm.course.grading import (Hint, call_learner, check, check_rng, expect_close, expect_equal,
-                                    expect_known_mistakes, expect_shape, one_thread, torch_generator)
+from minivlm.course.grading import (Hint, answer_choice, answer_number, call_learner, check, check_rng, expect_close,
+                                    expect_equal, expect_known_mistakes, expect_shape, one_thread, torch_generator)
 from minivlm.data import Tokenizer, caption, sample_scenes
 from minivlm.train import TrainConfig, fit
 
@@ -506,18 +505,6 @@ def check_next_token_loss(next_token_loss):
 # concept questions
 
 
-def _answer_number(value, what, integer=False):
-    """The learner's answer as a Python number, else a Hint (a bool is not a number)."""
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        value = value.item()
-    if integer and isinstance(value, float) and value.is_integer():
-        value = int(value)
-    kinds = numbers.Integral if integer else numbers.Real
-    if isinstance(value, bool) or not isinstance(value, kinds):
-        raise Hint(f"{what} should return {'an int' if integer else 'a number'}, got {value!r}.")
-    return value
-
-
 KV_QUESTION = dict(dim=128, depth=4, heads=8, batch=3, tokens=100)
 
 
@@ -533,7 +520,8 @@ def _kv_cache_numbers(dim, depth, heads, batch, tokens):
 
 @check("kv_cache_numbers", points=1)
 def check_kv_cache_numbers(kv_cache_numbers):
-    answer = _answer_number(call_learner(kv_cache_numbers, what="kv_cache_numbers"), "kv_cache_numbers()", integer=True)
+    answer = answer_number(call_learner(kv_cache_numbers, what="kv_cache_numbers"), "kv_cache_numbers()",
+                           integer=True)
     q = KV_QUESTION
     expected = _kv_cache_numbers(**q)
     if answer == expected:
@@ -566,11 +554,9 @@ WHY_CACHE_WRONG = {
 @check("why_cache_is_exact", points=1)
 def check_why_cache_is_exact(why_cache_is_exact):
     answer = call_learner(why_cache_is_exact, what="why_cache_is_exact")
-    if not isinstance(answer, str) or answer.strip().lower() not in WHY_CACHE_OPTIONS:
-        raise Hint(f"why_cache_is_exact() should return one of 'a', 'b', 'c', got {answer!r}.")
+    answer = answer_choice(answer, WHY_CACHE_OPTIONS, "why_cache_is_exact()")
     # b: with the causal mask no earlier token attends to a later one, so appending a token changes no earlier
     # hidden state, hence no earlier key or value. (Without the mask the cache would be stale.)
-    answer = answer.strip().lower()
     if answer != "b":
         raise Hint(f"'{answer}' is not it. Hint: {WHY_CACHE_WRONG[answer]}")
 
@@ -580,7 +566,7 @@ TOP_K_QUESTION = dict(logits=(2.0, 1.0, 0.5, -1.0), k=2, temperature=0.5, token=
 
 @check("top_k_probability", points=1)
 def check_top_k_probability(top_k_probability):
-    answer = _answer_number(call_learner(top_k_probability, what="top_k_probability"), "top_k_probability()")
+    answer = answer_number(call_learner(top_k_probability, what="top_k_probability"), "top_k_probability()")
     q = TOP_K_QUESTION
     logits = torch.tensor([q["logits"]])
 

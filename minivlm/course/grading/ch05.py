@@ -18,14 +18,13 @@ row without <assistant> labelled anyway, the <image> placeholder kept next to th
 prefix that lets the answer see the future, the LM left training in stage 1) to give a specific hint.
 """
 
-import numbers
 
 import torch
 
 from minivlm import contrastive, pretrained
 from minivlm.attention import causal_mask
-from minivlm.course.grading import (Hint, call_learner, check, check_rng, expect_known_mistakes, expect_shape,
-                                    one_thread, torch_generator)
+from minivlm.course.grading import (Hint, answer_choice, answer_number, call_learner, check, check_rng,
+                                    expect_known_mistakes, expect_shape, one_thread, torch_generator)
 from minivlm.data import ShapesGenerator, Tokenizer, WorldConfig, caption, sample_vqa
 from minivlm.data.tokenizer import SPECIAL_TOKENS
 from minivlm.evaluate import encode_vqa, vqa_accuracy
@@ -483,30 +482,13 @@ def check_set_stage(set_stage):
 # concept questions
 
 
-def _answer_int(value, what):
-    """The learner's answer as a Python int, else a Hint (a bool is not a number)."""
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise Hint(f"{what} should return an int, got {value!r}.")
-    return int(value)
-
-
-def _answer_choice(value, options, what):
-    """The learner's letter among `options` (lower-cased), else a Hint naming the options."""
-    letters = ", ".join(f'"{letter}"' for letter in options)
-    if not isinstance(value, str) or value.strip().lower() not in options:
-        raise Hint(f"{what} should return one of {letters}, got {value!r}.")
-    return value.strip().lower()
-
-
 VISUAL_TOKENS_QUESTION = dict(image_size=448, patch_size=14, factor=2)
 
 
 @check("visual_tokens_448", points=1)
 def check_visual_tokens_448(visual_tokens_448):
     q = VISUAL_TOKENS_QUESTION
-    answer = _answer_int(call_learner(visual_tokens_448, what="visual_tokens_448"), "visual_tokens_448()")
+    answer = answer_number(call_learner(visual_tokens_448, what="visual_tokens_448"), "visual_tokens_448()", integer=True)
     side = ViTConfig(image_size=q["image_size"], patch_size=q["patch_size"]).grid_size
     expected = num_visual_tokens("unshuffle", side * side, q["factor"])
     if answer == expected:
@@ -529,7 +511,7 @@ PROJECTOR_WIDTH_QUESTION = dict(vision_dim=1024, factor=2)    # InternViT-300M's
 @check("projector_input_width", points=1)
 def check_projector_input_width(projector_input_width):
     q = PROJECTOR_WIDTH_QUESTION
-    answer = _answer_int(call_learner(projector_input_width, what="projector_input_width"), "projector_input_width()")
+    answer = answer_number(call_learner(projector_input_width, what="projector_input_width"), "projector_input_width()", integer=True)
     with torch.random.fork_rng(devices=[]):
         expected = build_projector("unshuffle", q["vision_dim"], 8, q["factor"]).fc1.in_features
     if answer == expected:
@@ -571,7 +553,7 @@ def _loss_targets_letter():
 
 @check("loss_targets", points=1)
 def check_loss_targets(loss_targets):
-    answer = _answer_choice(call_learner(loss_targets, what="loss_targets"), LOSS_TARGETS_OPTIONS, "loss_targets()")
+    answer = answer_choice(call_learner(loss_targets, what="loss_targets"), LOSS_TARGETS_OPTIONS, "loss_targets()")
     if answer == _loss_targets_letter():
         return
     raise Hint({
