@@ -254,7 +254,8 @@ def print_report(report, out=None):
         print(f"  ⚠ {report.problem}", file=out)
     width = max([len(result.id) for result in report.exercises] + [8])
     for result in report.exercises:
-        message = "" if result.status == "passed" and "edited" not in result.message else result.message
+        quiet = result.status in ("passed", "not-implemented") and "edited" not in result.message
+        message = "" if quiet else result.message
         print(f"  {result.id:<{width}}  {_number(result.score):>3}/{_number(result.points):<3} "
               f"{STATUS_TEXT.get(result.status, result.status):<19} {message}".rstrip(), file=out)
     print(f"  score {_number(report.score)}/{_number(report.points)}  ({report.seconds:.0f} s)", file=out)
