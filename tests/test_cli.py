@@ -126,3 +126,8 @@ def test_tour_rejects_bad_arguments_before_training(tmp_path, capsys):
 def test_exercises_subcommand_is_forwarded(tmp_path, capsys):
     status, text, _ = run(["exercises", "--check", "--solutions", str(tmp_path), "--exercises", str(tmp_path)], capsys)
     assert status == 0 and text == ""
+
+
+def test_grade_subcommand_is_forwarded(tmp_path, capsys):
+    status, text, _ = run(["grade", str(tmp_path / "missing.ipynb")], capsys)
+    assert status == 1 and "could not read the notebook" in text and "total 0/0" in text

@@ -238,11 +238,16 @@ def main(argv=None):
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if exercises are out of date")
     parser.add_argument("--solutions", default="solutions", help="folder of solution notebooks (default: solutions)")
     parser.add_argument("--exercises", default="exercises", help="folder of exercise notebooks (default: exercises)")
-    parser.add_argument("--classroom", default="teaching/classroom",
-                        help="folder of the GitHub Classroom template (default: teaching/classroom)")
-    parser.add_argument("--manifest", default=str(MANIFEST),
-                        help="the check manifest `minivlm grade` reads (default: minivlm/course/checks.json)")
+    parser.add_argument("--classroom", default=None,
+                        help="folder of the GitHub Classroom template (default: teaching/classroom, "
+                             "written only for the default --solutions)")
+    parser.add_argument("--manifest", default=None,
+                        help="the check manifest `minivlm grade` reads (default: minivlm/course/checks.json, "
+                             "written only for the default --solutions)")
     args = parser.parse_args(argv)
+    if args.solutions == "solutions":  # the course's own notebooks: keep the manifest and template in step
+        args.manifest = args.manifest or str(MANIFEST)
+        args.classroom = args.classroom or "teaching/classroom"
     try:
         changed = generate_exercises(args.solutions, args.exercises, check=args.check, annotate=True,
                                      manifest=args.manifest, classroom_dir=args.classroom)
