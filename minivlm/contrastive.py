@@ -70,7 +70,11 @@ def similarity_logits(image_features, text_features, logit_scale, logit_bias=0.0
 
 def clip_loss(image_features, text_features, logit_scale):
     """Symmetric InfoNCE: mean of image->text and text->image cross-entropy; a scalar."""
-    logits = similarity_logits(image_features, text_features, logit_scale)
+    return symmetric_cross_entropy(similarity_logits(image_features, text_features, logit_scale))
+
+
+def symmetric_cross_entropy(logits):
+    """(B, B) logits with the pairs on the diagonal -> mean of the row-wise and column-wise cross-entropy."""
     targets = torch.arange(logits.shape[0], device=logits.device)
     image_to_text = F.cross_entropy(logits, targets)       # row i: which text belongs to image i?
     text_to_image = F.cross_entropy(logits.T, targets)     # column j: which image belongs to text j?
