@@ -1,0 +1,108 @@
+"""BLIP-2, stage 1 (Li et al. 2023, arXiv 2301.12597, §3.2): a Q-Former learns to read a frozen ViT.
+
+    images (B, 3, H, W) -> frozen ViT -> patch tokens (B, N, Dv)
+    captions "<bos> two red circles ." -> ids (B, T), mask (B, T)
+    Q-Former(patch tokens, ids, mask of the objective) -> (B, Q + T, D), three times:
+
+    ITC  "itc" mask   query outputs -> vision_proj -> (B, Q, E); the first text output -> text_proj
+                      -> (B, E); logits = scale · max over queries of the cosine; CLIP's loss
+    ITM  "itm" mask   B true pairs and 2B hard negatives (a text for each image, an image for
+                      each text, drawn ∝ the ITC softmax); itm_head on each query output,
+                      averaged over the queries -> (3B, 2); cross-entropy, pair = 1
+    ITG  "itg" mask   the text tokens predict the next one (lm_head), seeing all queries and the
+                      text before them: the queries must carry what the caption needs
+
+BLIP-2 starts the ITG text with a [DEC] token instead of ITC's [CLS]; here both start with
+`<bos>`. The ViT gets no gradient; everything else trains.
+"""
+
+import math
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..blip2_objectives import hard_negatives, itc_logits
+from ..contrastive import symmetric_cross_entropy
+from ..qformer import QFormer, QFormerConfig, qformer_attention_mask
+
+
+@dataclass
+class Blip2Config:
+    qformer: QFormerConfig = field(default_factory=QFormerConfig)
+    embed_dim: int = 32                 # E, the shared space of ITC
+    init_logit_scale: float = 1 / 0.07
+
+
+class Stage1Losses(NamedTuple):
+    itc: torch.Tensor
+    itm: torch.Tensor
+    itg: torch.Tensor
+    itc_logits: torch.Tensor            # (B, B), detached
+
+
+class Blip2Stage1(nn.Module):
+    """forward(images, text_ids, text_mask) -> Stage1Losses; `vision` (a ViT) is frozen."""
+
+    def __init__(self, vision, config: Blip2Config):
+        super().__init__()
+        q = config.qformer
+        if not q.vocab_size:
+            raise ValueError("stage 1 reads captions: build the Q-Former with QFormerConfig(vocab_size=...)")
+        if vision.config.dim != q.image_dim:
+            raise ValueError(f"QFormerConfig.image_dim ({q.image_dim}) must be the ViT's width ({vision.config.dim})")
+        self.config = config
+        self.vision = vision.requires_grad_(False).eval()
+        self.qformer = QFormer(q)
+        self.vision_proj = nn.Linear(q.dim, config.embed_dim)
+        self.text_proj = nn.Linear(q.dim, config.embed_dim)
+        self.itm_head = nn.Linear(q.dim, 2)
+        self.lm_head = nn.Linear(q.dim, q.vocab_size)
+        self.log_logit_scale = nn.Parameter(torch.tensor(math.log(config.init_logit_scale)))
+
+    def train(self, mode=True):
+        super().train(mode)
+        self.vision.eval()                  # frozen, so always in inference mode
+        return self
+
+    def image_tokens(self, images):
+        """(B, 3, H, W) -> the frozen ViT's patch tokens (B, N, Dv)."""
+        with torch.no_grad():
+            return self.vision(images).tokens
+
+    def forward(self, images, text_ids, text_mask, generator=None):
+        Q = self.config.qformer.num_queries
+        if text_ids.shape != text_mask.shape or text_ids.shape[0] != images.shape[0]:
+            raise ValueError(f"text_ids and text_mask must both be (B, T) with B = {images.shape[0]} images, "
+                             f"got {tuple(text_ids.shape)} and {tuple(text_mask.shape)}")
+        tokens = self.image_tokens(images)
+        scale = self.log_logit_scale.exp().clamp(max=100)
+
+        # ITC: queries and text in one pass, blind to each other
+        out = self.qformer(tokens, text_ids, qformer_attention_mask(Q, text_mask, "itc"))
+        logits = itc_logits(self.vision_proj(out[:, :Q]), self.text_proj(out[:, Q]), scale)
+        itc = symmetric_cross_entropy(logits)
+
+        # ITM: true pairs, then a hard negative text for each image and a hard negative image for each text
+        negative_text, negative_image = hard_negatives(logits.detach(), generator)
+        pair_tokens = torch.cat([tokens, tokens, tokens[negative_image]])
+        pair_ids = torch.cat([text_ids, text_ids[negative_text], text_ids])
+        pair_mask = torch.cat([text_mask, text_mask[negative_text], text_mask])
+        out = self.qformer(pair_tokens, pair_ids, qformer_attention_mask(Q, pair_mask, "itm"))
+        match_logits = self.itm_head(out[:, :Q]).mean(dim=1)                         # (3B, 2)
+        B = images.shape[0]
+        is_pair = torch.cat([torch.ones(B), torch.zeros(2 * B)]).long().to(images.device)
+        itm = F.cross_entropy(match_logits, is_pair)
+
+        # ITG: each text token predicts the next, reading the queries and the text before it
+        out = self.qformer(tokens, text_ids, qformer_attention_mask(Q, text_mask, "itg"))
+        next_token_logits = self.lm_head(out[:, Q:-1])                              # (B, T-1, V)
+        targets = text_ids[:, 1:].masked_fill(~text_mask[:, 1:], -100)
+        itg = F.cross_entropy(next_token_logits.transpose(1, 2), targets, ignore_index=-100)
+        return Stage1Losses(itc, itm, itg, logits.detach())
+
+    def query_outputs(self, images):
+        """The Q-Former's query outputs alone (B, Q, D): what stage 2 hands to the language model."""
+        return self.qformer(self.image_tokens(images))
