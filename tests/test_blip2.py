@@ -58,3 +58,29 @@ def test_bad_input():
     with pytest.raises(ValueError, match="image_dim"):
         Blip2Stage1(ViT(ViTConfig(image_size=32, patch_size=8, dim=32, depth=1, heads=2)), model.config)
     assert model.query_outputs(images).shape == (4, 4, 16)
+
+
+def test_stage2_is_a_soft_prompt_in_front_of_the_frozen_lm():
+    from minivlm.models.blip2 import Blip2
+    from minivlm.models.llava import LlavaConfig, answer_questions, encode_chat
+    torch.manual_seed(0)
+    tokenizer = Tokenizer()
+    llava = LlavaConfig(vocab_size=tokenizer.vocab_size, vision_dim=24, vision_depth=1, vision_heads=2,
+                        text_dim=32, text_depth=1, text_heads=2)
+    stage1_model, _ = stage1(num_queries=5)
+    model = Blip2(llava, stage1_model.config.qformer)          # the stage-1 Q-Former's shape, text side unused
+    lm_before = {k: v.clone() for k, v in model.lm.state_dict().items()}
+    images = torch.rand(2, 3, 32, 32)
+    assert model.encode_images(images).shape == (2, 5, 32)
+    chat = encode_chat(tokenizer, ["how many circles are there ?"] * 2, ["two", "one"])
+    out = model(images, chat["input_ids"], chat["attention_mask"], chat["labels"])
+    out.loss.backward()
+    assert all(p.grad is None for p in [*model.lm.parameters(), *model.vision.parameters()])
+    assert model.qformer.query_tokens.grad.abs().sum() > 0 and model.projector.weight.grad.abs().sum() > 0
+    torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2).step()
+    assert all(torch.equal(lm_before[k], v) for k, v in model.lm.state_dict().items())
+    answers = answer_questions(model, tokenizer, images, ["what color is the circle ?"] * 2)
+    assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
+    with pytest.raises(ValueError, match="stage 2 only"):
+        model.set_stage(1)
+    assert torch.equal(model.load_qformer(stage1_model).qformer.query_tokens, stage1_model.qformer.query_tokens)

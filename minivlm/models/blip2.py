@@ -1,6 +1,8 @@
-"""BLIP-2, stage 1 (Li et al. 2023, arXiv 2301.12597, §3.2): a Q-Former learns to read a frozen ViT.
+"""BLIP-2 (Li et al. 2023, arXiv 2301.12597): a Q-Former between a frozen ViT and a frozen LM.
 
-    images (B, 3, H, W) -> frozen ViT -> patch tokens (B, N, Dv)
+Stage 1 (§3.2, `Blip2Stage1`): the Q-Former learns to read the frozen ViT.
+
+    images (B, 3, H, W), standardised as the ViT reads them -> frozen ViT -> patch tokens (B, N, Dv)
     captions "<bos> two red circles ." -> ids (B, T), mask (B, T)
     Q-Former(patch tokens, ids, mask of the objective) -> (B, Q + T, D), three times:
 
@@ -14,6 +16,12 @@
 
 BLIP-2 starts the ITG text with a [DEC] token instead of ITC's [CLS]; here both start with
 `<bos>`. The ViT gets no gradient; everything else trains.
+
+Stage 2 (§3.3, `Blip2`): the query outputs (B, Q, D) -> one Linear -> Q soft visual tokens in
+the LM's embedding space, put where the chat prompt's `<image>` is, in front of the question;
+the LM is frozen, and the loss is on the answer only. It is LLaVA's model (models/llava.py)
+with the projector replaced by Q-Former + Linear: the same chat template, merging, masks and
+KV-cached generation, and always Q visual tokens, whatever the image's size.
 """
 
 import math
@@ -27,6 +35,7 @@ import torch.nn.functional as F
 from ..blip2_objectives import hard_negatives, itc_logits
 from ..contrastive import symmetric_cross_entropy
 from ..qformer import QFormer, QFormerConfig, qformer_attention_mask
+from .llava import Llava, LlavaConfig
 
 
 @dataclass
@@ -106,3 +115,37 @@ class Blip2Stage1(nn.Module):
     def query_outputs(self, images):
         """The Q-Former's query outputs alone (B, Q, D): what stage 2 hands to the language model."""
         return self.qformer(self.image_tokens(images))
+
+
+class Blip2(Llava):
+    """Stage 2: ViT (frozen) -> Q-Former -> Linear -> soft visual prompt -> LM (frozen); LLaVA's interface."""
+
+    def __init__(self, config: LlavaConfig, qformer: QFormerConfig):
+        super().__init__(config)
+        if qformer.image_dim != config.vision_dim:
+            raise ValueError(f"QFormerConfig.image_dim ({qformer.image_dim}) must be the ViT's width "
+                             f"({config.vision_dim})")
+        self.qformer = QFormer(qformer)
+        self.projector = nn.Linear(qformer.dim, config.text_dim)     # replaces LLaVA's projector
+        self.set_stage(2)
+
+    def encode_images(self, images):
+        """(B_img, 3, H, W) in [0, 1] -> Q soft visual tokens in the LM's space (B_img, Q, Dt)."""
+        with torch.no_grad():
+            tokens = self.vision(self.normalize(images)).tokens
+        return self.projector(self.qformer(tokens))
+
+    def set_stage(self, stage):
+        """BLIP-2's stage 2 (the only one this model trains): Q-Former and projector; ViT and LM frozen."""
+        if stage != 2:
+            raise ValueError(f"Blip2 trains stage 2 only (stage 1 is Blip2Stage1), got stage={stage!r}")
+        self.vision.requires_grad_(False)
+        self.lm.requires_grad_(False)
+        self.qformer.requires_grad_(True)
+        self.projector.requires_grad_(True)
+        return self
+
+    def load_qformer(self, stage1):
+        """Start from a stage-1 Q-Former (Blip2Stage1), as BLIP-2 does; without it, stage 2 starts from scratch."""
+        self.qformer.load_state_dict(stage1.qformer.state_dict())
+        return self
