@@ -99,15 +99,14 @@ MANIFEST = Path(__file__).with_name("checks.json")
 NBGRADER_SCHEMA = 3
 
 
-def check_cell_id(source):
-    """(chapter module, exercise id) if `source` is a check cell, else None."""
+def check_of_cell(source):
+    """The `@check` function a check cell calls (it carries .exercise_id and .points), else None."""
     match = CHECK_CELL.match(source)
     if match is None:
         return None
     module = importlib.import_module(f"minivlm.course.grading.{match.group(1)}")
     check_fn = getattr(module, f"check_{match.group(2)}", None)
-    exercise_id = getattr(check_fn, "exercise_id", None)
-    return (module, exercise_id) if exercise_id else None
+    return check_fn if hasattr(check_fn, "exercise_id") else None
 
 
 def _nbgrader(grade_id, *, solution=False, grade=False, locked=False, points=None):
@@ -127,7 +126,7 @@ def annotate_solution(solution_nb, name="notebook"):
     for index, cell in enumerate(solution_nb.cells):
         where = f"{name}, cell {index}"
         has_solution = any(_marker(line) == ("begin", "solution") for line in cell.source.split("\n"))
-        found = check_cell_id(cell.source) if cell.cell_type == "code" else None
+        check_fn = check_of_cell(cell.source) if cell.cell_type == "code" else None
         if has_solution and cell.cell_type != "code":
             raise ValueError(f"{where}: a solution region in a markdown cell can't be autograded; "
                              "ask for the answer as a function that returns it")
@@ -137,9 +136,8 @@ def annotate_solution(solution_nb, name="notebook"):
                 raise ValueError(f"{where}: put the solution region inside a function body")
             grade_id = f"answer_{functions[0]}"
             meta = _nbgrader(grade_id, solution=True)
-        elif found is not None:
-            module, grade_id = found
-            points = getattr(module, f"check_{CHECK_CELL.match(cell.source).group(2)}").points
+        elif check_fn is not None:
+            grade_id, points = check_fn.exercise_id, check_fn.points
             meta = _nbgrader(grade_id, grade=True, locked=True, points=points)
             checks.append({"id": grade_id, "points": points, "source": cell.source})
         else:
