@@ -10,7 +10,8 @@ logit_scale · s (B, B), with the pairs on the diagonal. With one query it is CL
 ITM, image-text matching: a binary "is this a pair?" classifier on the bidirectional (itm
 mask) pass. Its negatives are *hard*: for each image a text, and for each text an image,
 drawn from the other pairs of the batch with probability ∝ softmax of the ITC logits, so
-the most confusable ones are seen most often.
+the most confusable ones are seen most often; pairs that match as well (the same caption)
+are never drawn.
 """
 
 import torch
@@ -36,19 +37,29 @@ def itc_loss(query_features, text_features, logit_scale):
 
 
 @torch.no_grad()
-def hard_negatives(logits, generator=None):
+def hard_negatives(logits, generator=None, same=None):
     """(B, B) ITC logits -> (text for each image (B,), image for each text (B,)), never the true pair.
 
     Each negative is drawn with probability ∝ softmax over the row (for an image) or the column
-    (for a text), the true pair left out.
+    (for a text), the true pair left out. `same` (B, B) bool marks other pairs that match too
+    (in Shapes, two scenes with the same caption): they are left out as well, as BLIP-2's code
+    leaves out pairs of the same image id, for a "negative" that matches teaches ITM the wrong
+    answer. A row with nothing else left falls back to every other pair.
     """
     B = logits.shape[0]
     if logits.dim() != 2 or logits.shape[1] != B or B < 2:
         raise ValueError(f"logits must be (B, B) with B >= 2 (a pair needs another pair as its negative), "
                          f"got {tuple(logits.shape)}")
+    if same is not None and (same.shape != (B, B) or same.dtype != torch.bool):
+        raise ValueError(f"same must be a ({B}, {B}) bool tensor, got {tuple(same.shape)} of {same.dtype}")
     own_pair = torch.eye(B, dtype=torch.bool, device=logits.device)
-    text_weights = logits.float().softmax(dim=1).masked_fill(own_pair, 0.0)      # image i -> texts
-    image_weights = logits.float().softmax(dim=0).T.masked_fill(own_pair, 0.0)   # text j -> images
-    negative_text = torch.multinomial(text_weights, 1, generator=generator).squeeze(1)
-    negative_image = torch.multinomial(image_weights, 1, generator=generator).squeeze(1)
+    excluded = own_pair if same is None else own_pair | same
+
+    def draw(weights):                                   # (B, B) softmax rows -> one column per row
+        kept = weights.masked_fill(excluded, 0.0)
+        kept = torch.where(kept.sum(1, keepdim=True) > 0, kept, weights.masked_fill(own_pair, 0.0))
+        return torch.multinomial(kept, 1, generator=generator).squeeze(1)
+
+    negative_text = draw(logits.float().softmax(dim=1))          # image i -> texts
+    negative_image = draw(logits.float().softmax(dim=0).T)       # text j -> images
     return negative_text, negative_image

@@ -14,7 +14,7 @@ its connector has to learn is to put into the LM's embedding space what the capt
 
     lm = language_model(LMConfig(vocab_size=58, dim=64, depth=2, tie_embeddings=False))   # trains once, then loads from the cache
 
-Training takes a fixed number of steps (PRETRAIN["steps"]; ≤ 20 s on a 2-core CPU); the weights
+Training takes a fixed number of steps (PRETRAIN["steps"]; about 25 s on a 2-core CPU); the weights
 are cached under $MINIVLM_CACHE (default ~/.cache/minivlm), in a file named by a hash of the
 LM config, the recipe, the seed and the package version. A file that does not load (cut off,
 or from elsewhere) is trained again and replaced. The model comes back in eval mode with every
@@ -35,7 +35,7 @@ from .lm import LanguageModel, LMConfig
 from .models.llava import chat_prompt
 from .train import TrainConfig, fit, load_checkpoint, pick_device, save_checkpoint, seed_everything
 
-PRETRAIN = dict(steps=300, batch_size=64, lr=3e-3, warmup_steps=30, scenes=5_000, questions_per_scene=4)
+PRETRAIN = dict(steps=800, batch_size=64, lr=3e-3, warmup_steps=30, scenes=5_000, questions_per_scene=4)
 
 
 def default_config(tokenizer=None):

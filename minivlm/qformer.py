@@ -182,6 +182,21 @@ class QFormer(nn.Module):
             x = layer(x, c.num_queries, image_features, attention_mask)
         return x
 
+    def encode_text(self, text_ids, text_mask):
+        """The text alone (B, T) -> (B, T, D): BERT's text-only pass, no queries, no image.
+
+        Under the "itc" mask the text never sees a query, so this equals the text half of
+        forward(..., qformer_attention_mask(Q, text_mask, "itc")): retrieval encodes captions once.
+        """
+        if text_mask.shape != text_ids.shape or text_mask.dtype != torch.bool:
+            raise ValueError(f"text_mask must be a bool tensor shaped like text_ids {tuple(text_ids.shape)}, "
+                             f"got {tuple(text_mask.shape)} of {text_mask.dtype}")
+        x = self.embed_norm(self.embed_text(text_ids, text_ids.shape[0]))
+        keys = text_mask[:, None, :].expand(-1, text_ids.shape[1], -1)          # (B, T, T)
+        for layer in self.layers:
+            x = layer.text_ffn(layer.self_attn(x, x, keys))
+        return x
+
     def embed_text(self, text_ids, batch):
         """(B, T) ids -> (B, T, D) word + position embeddings (normalised with the queries in forward)."""
         c = self.config

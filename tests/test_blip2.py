@@ -84,3 +84,26 @@ def test_stage2_is_a_soft_prompt_in_front_of_the_frozen_lm():
     with pytest.raises(ValueError, match="stage 2 only"):
         model.set_stage(1)
     assert torch.equal(model.load_qformer(stage1_model).qformer.query_tokens, stage1_model.qformer.query_tokens)
+
+
+def test_stage2_keeps_the_query_side_of_a_stage1_qformer_and_trains_only_it():
+    from dataclasses import replace
+    from minivlm.models.blip2 import Blip2
+    from minivlm.models.llava import LlavaConfig
+    stage1_model, tokenizer = stage1(num_queries=3)
+    llava = LlavaConfig(vocab_size=tokenizer.vocab_size, vision_dim=24, vision_depth=1, vision_heads=2,
+                        text_dim=32, text_depth=1, text_heads=2)
+    model = Blip2(llava, replace(stage1_model.config.qformer, vocab_size=0)).load_qformer(stage1_model)
+    features = torch.randn(2, 16, 24)                         # frozen ViT tokens (B, N, Dv)
+    assert torch.equal(model.qformer(features), stage1_model.qformer(features))
+    assert not any(p.requires_grad for layer in model.qformer.layers for p in layer.text_ffn.parameters())
+    with pytest.raises(ValueError, match="does not fit"):
+        Blip2(llava, replace(stage1_model.config.qformer, vocab_size=0, num_queries=4)).load_qformer(stage1_model)
+
+
+def test_retrieval_similarity_is_the_itc_logits_of_the_batch():
+    model, tokenizer = stage1()
+    images, ids, mask = batch(tokenizer)
+    losses = model(images, ids, mask, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(model.similarity(images, ids, mask), losses.itc_logits, atol=1e-5)
+    assert model.similarity(images[:3], ids, mask).shape == (3, 4)

@@ -43,3 +43,18 @@ def test_hard_negatives_follow_the_softmax_and_skip_the_pair():
     assert abs((images[:, 0] == 2).double().mean().item() - e / (e + 1)) < 0.03
     with pytest.raises(ValueError, match="B >= 2"):
         hard_negatives(torch.zeros(1, 1))
+
+
+def test_hard_negatives_never_draw_a_pair_marked_same():
+    logits = torch.tensor([[0.0, 5.0, 0.0, 0.0], [5.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    same = torch.zeros(4, 4, dtype=torch.bool)
+    same[0, 1] = same[1, 0] = True                        # scenes 0 and 1 have the same caption
+    generator = torch.Generator().manual_seed(0)
+    draws = [hard_negatives(logits, generator, same) for _ in range(500)]
+    texts, images = torch.stack([d[0] for d in draws]), torch.stack([d[1] for d in draws])
+    assert not ((texts[:, :2] == 1 - torch.arange(2)) | (images[:, :2] == 1 - torch.arange(2))).any()
+    assert set(texts[:, 0].tolist()) == {2, 3}            # the confusable "negative" is the same caption: skipped
+    everything_same = torch.ones(2, 2, dtype=torch.bool)  # nothing else left: fall back to the other pair
+    assert hard_negatives(torch.zeros(2, 2), generator, everything_same)[0].tolist() == [1, 0]
+    with pytest.raises(ValueError, match="same must be a \\(4, 4\\) bool"):
+        hard_negatives(logits, generator, same.long())

@@ -136,3 +136,16 @@ def test_the_objectives_decide_who_sees_whom():
         padded[0, 3] = (text[0, 3] + 1) % 20
         for objective in ("itc", "itm", "itg"):
             assert torch.allclose(run(text, objective)[0, :6], run(padded, objective)[0, :6], atol=1e-5)
+
+
+def test_the_text_only_pass_is_the_text_half_of_the_itc_pass():
+    torch.manual_seed(0)
+    qformer = QFormer(QFormerConfig(dim=16, depth=3, heads=2, mlp_hidden=32, image_dim=8, num_queries=3,
+                                    cross_attention_every=2, vocab_size=11, max_text_len=9))
+    ids = torch.randint(0, 11, (2, 6))
+    mask = torch.tensor([[True] * 6, [True] * 4 + [False] * 2])
+    joint = qformer(torch.randn(2, 5, 8), ids, qformer_attention_mask(3, mask, "itc"))
+    text = qformer.encode_text(ids, mask)
+    assert torch.allclose(text[mask], joint[:, 3:][mask], atol=1e-5)
+    with pytest.raises(ValueError, match="text_mask must be a bool tensor shaped like text_ids"):
+        qformer.encode_text(ids, mask[:, :4])

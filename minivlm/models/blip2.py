@@ -9,8 +9,9 @@ Stage 1 (§3.2, `Blip2Stage1`): the Q-Former learns to read the frozen ViT.
     ITC  "itc" mask   query outputs -> vision_proj -> (B, Q, E); the first text output -> text_proj
                       -> (B, E); logits = scale · max over queries of the cosine; CLIP's loss
     ITM  "itm" mask   B true pairs and 2B hard negatives (a text for each image, an image for
-                      each text, drawn ∝ the ITC softmax); itm_head on each query output,
-                      averaged over the queries -> (3B, 2); cross-entropy, pair = 1
+                      each text, drawn ∝ the ITC softmax, never one with the same caption);
+                      itm_head on each query output, averaged over the queries -> (3B, 2);
+                      cross-entropy, pair = 1
     ITG  "itg" mask   the text tokens predict the next one (lm_head), seeing all queries and the
                       text before them: the queries must carry what the caption needs
 
@@ -95,7 +96,8 @@ class Blip2Stage1(nn.Module):
         itc = symmetric_cross_entropy(logits)
 
         # ITM: true pairs, then a hard negative text for each image and a hard negative image for each text
-        negative_text, negative_image = hard_negatives(logits.detach(), generator)
+        same_caption = (text_ids[:, None] == text_ids[None]).all(-1)                 # (B, B), padded alike
+        negative_text, negative_image = hard_negatives(logits.detach(), generator, same_caption)
         pair_tokens = torch.cat([tokens, tokens, tokens[negative_image]])
         pair_ids = torch.cat([text_ids, text_ids[negative_text], text_ids])
         pair_mask = torch.cat([text_mask, text_mask[negative_text], text_mask])
@@ -111,6 +113,12 @@ class Blip2Stage1(nn.Module):
         targets = text_ids[:, 1:].masked_fill(~text_mask[:, 1:], -100)
         itg = F.cross_entropy(next_token_logits.transpose(1, 2), targets, ignore_index=-100)
         return Stage1Losses(itc, itm, itg, logits.detach())
+
+    def similarity(self, images, text_ids, text_mask):
+        """ITC similarities of every image with every text, (B_img, B_txt): zero-shot retrieval."""
+        queries = self.vision_proj(self.query_outputs(images))                      # (B_img, Q, E)
+        texts = self.text_proj(self.qformer.encode_text(text_ids, text_mask)[:, 0])  # (B_txt, E)
+        return itc_logits(queries, texts, self.log_logit_scale.exp().clamp(max=100))
 
     def query_outputs(self, images):
         """The Q-Former's query outputs alone (B, Q, D): what stage 2 hands to the language model."""
@@ -142,10 +150,20 @@ class Blip2(Llava):
         self.vision.requires_grad_(False)
         self.lm.requires_grad_(False)
         self.qformer.requires_grad_(True)
+        for layer in self.qformer.layers:       # the text side is unused on queries alone (BLIP-2 drops it)
+            layer.text_ffn.requires_grad_(False)
         self.projector.requires_grad_(True)
         return self
 
     def load_qformer(self, stage1):
-        """Start from a stage-1 Q-Former (Blip2Stage1), as BLIP-2 does; without it, stage 2 starts from scratch."""
-        self.qformer.load_state_dict(stage1.qformer.state_dict())
+        """Start from a stage-1 Q-Former (Blip2Stage1), as BLIP-2 does; without it, stage 2 starts from scratch.
+
+        Its text embeddings are left behind when this Q-Former has no text side (vocab_size=0).
+        """
+        own = self.qformer.state_dict()
+        try:
+            self.qformer.load_state_dict({k: v for k, v in stage1.qformer.state_dict().items() if k in own})
+        except RuntimeError as error:
+            raise ValueError(f"the stage-1 Q-Former does not fit this model's {self.qformer.config}: "
+                             f"{str(error).splitlines()[0]}") from None
         return self
