@@ -11,6 +11,7 @@ BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
 
 @pytest.mark.parametrize("script, args, expected", [
     ("bench_vlm.py", ["--steps", "1", "--images", "4", "--device", "cpu"], "| cpu | unshuffle | 4 | fp32 |"),
+    ("bench_connectors.py", ["--steps", "1", "--images", "2", "--device", "cpu"], "| cpu | BLIP-2 stage 2 (Q-Former, Q=32) | 32 |"),
     ("bench_lm.py", ["--lengths", "4", "--repeats", "1", "--device", "cpu"], "True"),
     ("bench_clip.py", ["--repeats", "1", "--device", "cpu"], "siglip"),
     ("bench_render.py", ["--seconds", "0.01"], "render img/s"),
