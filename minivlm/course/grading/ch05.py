@@ -281,14 +281,15 @@ def check_prefix_mask(prefix_mask):
 # the experiment: LLaVA's two stages, with the learner's recipe
 
 # One-object Shapes scenes, a CLIP tower trained for 60 steps, the pretrained LM of chapter 04: ~6 s of
-# CPU time on one core. Over 14 draws of this check with the correct recipe, the held-out answer loss goes
-# from 0.58-0.79 (random projector) to 0.38-0.43 after stage 1 and to 0.24-0.30 after stage 2 (0.10 to
-# 0.16 lower); the frozen LM answers 0-25% of the position questions before stage 1, 77-100% after it.
-# A recipe that keeps the LM frozen in stage 2 lowers the loss by only 0.02-0.03 there.
+# CPU time on one core. Over 15 draws of this check with the correct recipe, the held-out answer loss goes
+# from 0.96-1.41 (random projector) to 0.29-0.44 after stage 1 and to 0.12-0.20 after stage 2 (0.16 to
+# 0.28 lower); the frozen LM answers 0-24% of the position questions before stage 1, 49-100% after it.
+# A recipe that keeps the LM frozen in stage 2 still lowers the loss by 0.09-0.13 there (the projector
+# goes on learning): the weights check, not the loss, is what catches that one.
 STAGES_EXPERIMENT = dict(pool=1000, test_scenes=100, images_per_step=16, clip_steps=60, stage1_steps=50,
                          stage2_steps=60, lr=3e-3)
-STAGE1_LOSS = 0.5          # held-out answer loss after stage 1 must fall below this,
-STAGE1_POSITION = 0.5      # the frozen LM must answer this share of the position questions after stage 1,
+STAGE1_LOSS = 0.6          # held-out answer loss after stage 1 must fall below this,
+STAGE1_POSITION = 0.35     # the frozen LM must answer this share of the position questions after stage 1,
 STAGE2_GAIN = 0.05         # and stage 2 must lower the loss by at least this much
 PARTS = ("vision", "projector", "lm")
 
