@@ -8,3 +8,7 @@ from .render import render
 from .text import QA, QUESTION_KINDS, caption, questions, sample_qa, sample_vqa, world_vocabulary
 from .datasets import ShapesDataset, ShapesGenerator, collate_examples
 from .tokenizer import SPECIAL_TOKENS, Tokenizer
+from .documents import (
+    END_OF_CHUNK, EPISODE_QUESTION, RULES, Document, Episode, encode_interleaved, few_shot_episodes,
+    interleaved_documents,
+)

@@ -9,6 +9,7 @@ preference pairs without touching the others:
     render(scenes, image_size)      -> images (B, 3, H, W) float32 in [0, 1]   render.py
     caption / questions(scenes, i)  -> str / list[QA] for scene i              text.py
     ShapesDataset / ShapesGenerator -> examples / endless batches of both      datasets.py
+    interleaved_documents / few_shot_episodes -> image-text documents, episodes   documents.py
 
 Train, val and test never share a scene: a scene's split is its content hash mod 100.
 """
