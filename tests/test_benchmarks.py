@@ -15,6 +15,7 @@ BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
     ("bench_lm.py", ["--lengths", "4", "--repeats", "1", "--device", "cpu"], "True"),
     ("bench_clip.py", ["--repeats", "1", "--device", "cpu"], "siglip"),
     ("bench_render.py", ["--seconds", "0.01"], "render img/s"),
+    ("bench_window_attention.py", ["--sizes", "112", "--repeats", "1", "--device", "cpu"], "| cpu | 112 | 64 |"),
     ("bench_tour.py", ["--recipes", "v1", "v2", "--seeds", "0", "--steps", "2"], "| v2 | 0 |"),
     ("bench_chapters.py", [os.path.join(os.path.dirname(BENCHMARKS), "solutions", "05_llava.ipynb"), "--slowest", "1"],
      "1/1 within 60 s"),
