@@ -12,3 +12,8 @@ from .documents import (
     END_OF_CHUNK, EPISODE_QUESTION, RULES, Document, Episode, encode_interleaved, few_shot_episodes,
     interleaved_documents,
 )
+from .canvas import (
+    CANVAS_SIZES, CanvasConfig, canvas_configs, canvas_scene_hash, canvas_scene_split, render_canvas,
+    sample_canvas_scenes,
+)
+from .canvas_text import CANVAS_QUESTION_KINDS, canvas_questions, canvas_sample_qa, sample_canvas_vqa

@@ -164,8 +164,14 @@ def sample_scenes(batch_size, config=WorldConfig(), *, generator=None, device="c
         raise ValueError(f"batch_size must be an int >= 0, got {batch_size!r}")
     if not isinstance(config, WorldConfig):
         raise ValueError(f"config must be a WorldConfig, got {type(config).__name__}")
+    return sample_split(batch_size, split, lambda n: _sample_any(n, config, generator, device), scene_hash, config)
+
+
+def sample_split(batch_size, split, draw, hash_fn, config):
+    """`batch_size` scenes of `split` (all of draw(batch_size) when split is None): draw(n) returns n random
+    scenes, hash_fn their content hashes (B,); a scene belongs to the split its hash % 100 falls in."""
     if split is None:
-        return _sample_any(batch_size, config, generator, device)
+        return draw(batch_size)
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS} or None, got {split!r}")
     low, high = SPLIT_PERCENT[split]
@@ -174,8 +180,8 @@ def sample_scenes(batch_size, config=WorldConfig(), *, generator=None, device="c
         if have >= batch_size and kept:
             return concat_scenes(kept)[:batch_size]
         # rejection sampling: draw more than needed, keep the scenes that belong to this split
-        candidates = _sample_any(int((batch_size - have) * 100 / (high - low) * 1.2) + 16, config, generator, device)
-        percent = scene_hash(candidates) % 100
+        candidates = draw(int((batch_size - have) * 100 / (high - low) * 1.2) + 16)
+        percent = hash_fn(candidates) % 100
         candidates = candidates[(percent >= low) & (percent < high)]
         kept.append(candidates)
         have += len(candidates)
