@@ -14,8 +14,10 @@ linearly with the image.
                                 window at the image's edge is padded: windows as a batch, (W, S, D)
 
 Windows tile each image (each frame of a video) from its top-left corner; a window at the right or
-bottom edge holds what is left of the image. `DynamicResolutionViT` puts it together: Conv3d patch
-embedding, pre-norm blocks with 2D RoPE, windowed or full, and the 2×2 patch merger.
+bottom edge holds what is left of the image. The full-attention layers batch the frames the same way
+(`frame_batches`: each frame a row, padded to the longest), which computes what a block-diagonal mask
+over the packed sequence computes, at O(F·L²) instead of O((Σ L)²). `DynamicResolutionViT` puts it
+together: Conv3d patch embedding, pre-norm blocks with 2D RoPE, windowed or full, the 2×2 merger.
 """
 
 from dataclasses import dataclass
@@ -24,8 +26,8 @@ import torch
 import torch.nn as nn
 
 from .blocks import TransformerBlock
-from .dynamic_resolution import (PatchEmbed, PatchMerger, block_diagonal_mask, grid_list, vision_cu_seqlens,
-                                 vision_position_ids, vision_rope)
+from .dynamic_resolution import (PatchEmbed, PatchMerger, grid_list, vision_cu_seqlens, vision_position_ids,
+                                 vision_rope)
 
 
 def window_units(window_size, patch_size, merge_size):
@@ -67,6 +69,24 @@ def window_batches(grid_thw, window_size=112, patch_size=14, merge_size=2):
     for k in range(len(cu) - 1):
         batches[k, :cu[k + 1] - cu[k]] = patches[cu[k]:cu[k + 1]]
     return batches
+
+
+def frame_batches(grid_thw, merge_size=2):
+    """(num_frames, L) long: the patches of each frame (L = the longest frame), -1 past a shorter frame's end.
+    Full attention over frames of different sizes as one padded batch: O(F·L²), not the O((Σ L)²) of
+    a block-diagonal mask over the packed sequence."""
+    cu = vision_cu_seqlens(grid_thw, merge_size)
+    lengths = cu[1:] - cu[:-1]
+    offsets = torch.arange(int(lengths.max()))
+    return torch.where(offsets < lengths[:, None], cu[:-1, None] + offsets, -1)
+
+
+def attend_in_batches(block, x, batches, cos, sin):
+    """Run `block` on x (N, D) grouped by `batches` (G, S) (-1 = padding, masked as keys) -> (N, D)."""
+    present = batches >= 0
+    gather = batches.clamp(min=0)
+    out = block(x[gather], key_padding_mask=present, rope=(cos[gather], sin[gather]))     # (G, S, D)
+    return torch.zeros_like(x).index_copy(0, batches[present], out[present])
 
 
 @dataclass
@@ -111,15 +131,9 @@ class DynamicResolutionViT(nn.Module):
         device = patches.device
         x = self.patch_embed(patches)                                              # (N, D)
         cos, sin = vision_rope(vision_position_ids(grid_thw, c.merge_size).to(device), c.dim // c.heads)
-        full_mask = block_diagonal_mask(vision_cu_seqlens(grid_thw, c.merge_size), device)   # (N, N)
+        frames = frame_batches(grid_thw, c.merge_size).to(device)                  # (F, L)
         if c.window_size is not None:
             windows = window_batches(grid_thw, c.window_size, c.patch_size, c.merge_size).to(device)   # (W, S)
-            present = windows >= 0
-            gather = windows.clamp(min=0)
         for layer, block in enumerate(self.blocks):
-            if self.windowed(layer):     # windows as a batch: (W, S, D), padding keys masked
-                out = block(x[gather], key_padding_mask=present, rope=(cos[gather], sin[gather]))
-                x = torch.zeros_like(x).index_copy(0, windows[present], out[present])
-            else:
-                x = block(x[None], attn_mask=full_mask, rope=(cos, sin))[0]
+            x = attend_in_batches(block, x, windows if self.windowed(layer) else frames, cos, sin)
         return self.merger(x)

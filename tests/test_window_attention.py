@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from minivlm.dynamic_resolution import (block_diagonal_mask, patchify_qwen2vl, vision_cu_seqlens, vision_position_ids,
                                         vision_rope)
-from minivlm.window_attention import DynamicResolutionViT, DynamicViTConfig, window_batches, window_index
+from minivlm.window_attention import DynamicResolutionViT, DynamicViTConfig, frame_batches, window_batches, window_index
 
 
 def reference_window_index(grid_thw, window_size, patch_size, merge_size):
@@ -122,3 +122,8 @@ def test_packed_images_equal_each_alone():
 def test_bad_input_is_named(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_frame_batches_by_hand():
+    batches = frame_batches(torch.tensor([[1, 2, 2], [2, 2, 4]]))            # frames of 4, then 8 and 8 patches
+    assert batches.tolist() == [[0, 1, 2, 3, -1, -1, -1, -1], list(range(4, 12)), list(range(12, 20))]
