@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from minivlm.data import Tokenizer
+from minivlm.lm import LanguageModel, LMConfig
 from minivlm.models.llava import encode_chat
 from minivlm.models.qwen2vl import Qwen2VL, Qwen2VLConfig, expand_image_tokens, left_pad, process_images
 
@@ -103,3 +104,15 @@ def test_left_pad_moves_padding_to_the_front():
 def test_bad_input_is_named(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_a_1d_rope_lm_loads_and_computes_the_same_on_text():
+    torch.manual_seed(0)
+    m = model()
+    text_lm = LanguageModel(LMConfig(vocab_size=58, dim=64, depth=2, heads=4, max_seq_len=256,
+                                     tie_embeddings=False)).eval()
+    m.load_language_model(text_lm)
+    ids = torch.randint(8, 58, (2, 12))
+    assert torch.equal(m.lm(ids).logits, text_lm(ids).logits)            # M-RoPE on text == 1D RoPE, exactly
+    with pytest.raises(ValueError, match="up to the kind of RoPE"):
+        m.load_language_model(LanguageModel(LMConfig(vocab_size=58, dim=32, depth=2, heads=4)))

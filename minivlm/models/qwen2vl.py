@@ -16,7 +16,7 @@ prompts always put text between two images, which is all that mrope_position_ids
 the runs apart, so the course's tokenizer needs no new token.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn as nn
@@ -126,6 +126,22 @@ class Qwen2VL(nn.Module):
         self.config = c = config or Qwen2VLConfig()
         self.vision = DynamicResolutionViT(c.vision)
         self.lm = LanguageModel(c.lm_config())
+
+    def load_language_model(self, lm):
+        """Initialise the LM from a pretrained one, e.g. minivlm.pretrained.language_model(), 1D RoPE or M-RoPE.
+
+        On text the three M-RoPE streams carry the same id, and every pair then turns by id·θ_i as in
+        1D RoPE: a 1D-RoPE LM's weights compute the same logits here, and images add rows and columns.
+        """
+        def besides_rope(config):
+            return {k: v for k, v in asdict(config).items() if k not in ("rope", "mrope_section")}
+
+        own = self.lm.config
+        if besides_rope(lm.config) != besides_rope(own):
+            raise ValueError(f"the language model's config {lm.config} does not match this model's {own} "
+                             f"(up to the kind of RoPE)")
+        self.lm.load_state_dict(lm.state_dict())
+        return self
 
     def position_ids(self, input_ids, grid_thw, attention_mask=None):
         """M-RoPE ids (3, B, L) of the expanded prompt (rope.mrope_position_ids; reads values: data preparation)."""
