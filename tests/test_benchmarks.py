@@ -17,8 +17,9 @@ BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
     ("bench_render.py", ["--seconds", "0.01"], "render img/s"),
     ("bench_window_attention.py", ["--sizes", "112", "--repeats", "1", "--device", "cpu"], "| cpu | 112 | 64 |"),
     ("bench_tour.py", ["--recipes", "v1", "v2", "--seeds", "0", "--steps", "2"], "| v2 | 0 |"),
-    ("bench_chapters.py", [os.path.join(os.path.dirname(BENCHMARKS), "solutions", "05_llava.ipynb"), "--slowest", "1"],
-     "1/1 within 60 s"),
+    # chapter 00 runs in ~6 s (no model to train): its 60-s budget holds even on a busy machine
+    ("bench_chapters.py", [os.path.join(os.path.dirname(BENCHMARKS), "chapters", "00_shapes_world.ipynb"),
+                           "--slowest", "1"], "1/1 within 60 s"),
 ])
 def test_benchmark_runs_and_prints_its_table(script, args, expected):
     result = subprocess.run([sys.executable, os.path.join(BENCHMARKS, script), *args],
