@@ -21,15 +21,15 @@ prefix that lets the answer see the future, the LM left training in stage 1) to 
 
 import torch
 
-from minivlm import contrastive, pretrained
+from minivlm import pretrained
 from minivlm.attention import causal_mask
 from minivlm.course.grading import (Hint, answer_choice, answer_number, call_learner, check, check_rng,
                                     expect_known_mistakes, expect_shape, one_thread, torch_generator)
-from minivlm.data import ShapesGenerator, Tokenizer, WorldConfig, caption, sample_vqa
+from minivlm.course.grading.clip_tower import train_clip_vision
+from minivlm.data import ShapesGenerator, Tokenizer, WorldConfig, sample_vqa
 from minivlm.data.tokenizer import SPECIAL_TOKENS
 from minivlm.evaluate import encode_vqa, vqa_accuracy
 from minivlm.lm import IGNORE_INDEX
-from minivlm.models.clip import CLIP, CLIPConfig
 from minivlm.models.llava import Llava, LlavaConfig, encode_chat
 from minivlm.pixel_unshuffle import pixel_unshuffle
 from minivlm.projector import build_projector, num_visual_tokens
@@ -377,19 +377,7 @@ def _stages_setup(seed):
     config = _llava_config(tokenizer)
     model = Llava(config).load_language_model(pretrained.language_model(config.lm_config(), device="cpu"))
 
-    captions = tokenizer.batch_encode([caption(scenes, i) for i in range(pool)], add_eos=True)
-    clip = CLIP(CLIPConfig(vision=config.vision_config(), vocab_size=len(tokenizer), text_dim=64, text_depth=2,
-                           text_causal=False, text_pool="mean", embed_dim=64))
-
-    def clip_batches(step, size=64):
-        start = (step * size) % (pool - size + 1)
-        ids, mask = (t[start:start + size] for t in captions)
-        length = int(mask.sum(1).max())
-        return model.normalize(images[start:start + size]), ids[:, :length], mask[:, :length]
-
-    fit(clip, clip_batches, lambda m, b: contrastive.contrastive_loss(*m(*b)),
-        TrainConfig(steps=setup["clip_steps"], lr=3e-3, warmup_steps=min(40, setup["clip_steps"]), device="cpu",
-                    progress=False))
+    clip = train_clip_vision(config.vision_config(), tokenizer, scenes, images, model.normalize, setup["clip_steps"])
     model.load_vision_tower(clip.vision)
 
     first_row = torch.searchsorted(vqa["image_index"], torch.arange(pool + 1)).tolist()

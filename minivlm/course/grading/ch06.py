@@ -24,14 +24,14 @@ import collections
 import torch
 import torch.nn.functional as F
 
-from minivlm import contrastive, pretrained
+from minivlm import pretrained
 from minivlm.blip2_objectives import itc_logits
 from minivlm.course.grading import (Hint, answer_choice, answer_number, call_learner, check, check_rng,
                                     expect_known_mistakes, expect_shape, one_thread, torch_generator)
-from minivlm.data import ShapesGenerator, Tokenizer, WorldConfig, caption, sample_vqa
+from minivlm.course.grading.clip_tower import train_clip_vision
+from minivlm.data import ShapesGenerator, Tokenizer, WorldConfig, sample_vqa
 from minivlm.evaluate import encode_vqa, vqa_accuracy
 from minivlm.models.blip2 import Blip2
-from minivlm.models.clip import CLIP, CLIPConfig
 from minivlm.models.llava import LlavaConfig
 from minivlm.qformer import OBJECTIVES, QFormer, QFormerConfig, QFormerLayer, qformer_attention_mask
 from minivlm.train import TrainConfig, fit
@@ -528,19 +528,7 @@ def _soft_prompt_setup(seed):
         models[Q] = Blip2(config, QFormerConfig(**setup["qformer"], image_dim=config.vision_dim, num_queries=Q))
 
     normalize = models[Q].normalize
-    captions = tokenizer.batch_encode([caption(scenes, i) for i in range(pool)], add_eos=True)
-    clip = CLIP(CLIPConfig(vision=config.vision_config(), vocab_size=len(tokenizer), text_dim=64, text_depth=2,
-                           text_causal=False, text_pool="mean", embed_dim=64))
-
-    def clip_batches(step, size=64):
-        start = (step * size) % (pool - size + 1)
-        ids, mask = (t[start:start + size] for t in captions)
-        length = int(mask.sum(1).max())
-        return normalize(images[start:start + size]), ids[:, :length], mask[:, :length]
-
-    fit(clip, clip_batches, lambda m, b: contrastive.contrastive_loss(*m(*b)),
-        TrainConfig(steps=setup["clip_steps"], lr=3e-3, warmup_steps=min(40, setup["clip_steps"]), device="cpu",
-                    progress=False))
+    clip = train_clip_vision(config.vision_config(), tokenizer, scenes, images, normalize, setup["clip_steps"])
     lm = pretrained.language_model(config.lm_config(), device="cpu")
     for model in models.values():
         model.load_vision_tower(clip.vision).load_language_model(lm).set_stage(2)

@@ -22,15 +22,14 @@ read without `normalize`, or with a gradient) to give a specific hint.
 import random
 
 import torch
-import torch.nn.functional as F
 
-from minivlm import contrastive, pretrained
+from minivlm import pretrained
 from minivlm.course.grading import (Hint, answer_choice, answer_number, call_learner, check, check_rng,
                                     expect_known_mistakes, expect_shape, one_thread, torch_generator)
-from minivlm.data import Tokenizer, WorldConfig, caption, encode_interleaved, few_shot_episodes, render, sample_scenes
+from minivlm.course.grading.clip_tower import train_clip_vision
+from minivlm.data import Tokenizer, WorldConfig, encode_interleaved, few_shot_episodes, render, sample_scenes
 from minivlm.evaluate import answer_correct
 from minivlm.gated_xattn import GatedCrossAttentionBlock, MaskedCrossAttention, media_attention_mask
-from minivlm.models.clip import CLIP, CLIPConfig
 from minivlm.models.flamingo import Flamingo, FlamingoConfig
 from minivlm.perceiver import PerceiverAttention, PerceiverResampler
 from minivlm.train import TrainConfig, fit
@@ -491,20 +490,7 @@ def _encode_media_setup(seed):
     config = FlamingoConfig(vocab_size=len(tokenizer), num_latents=setup["num_latents"])
     model = Flamingo(config)
 
-    pool = len(scenes)
-    captions = tokenizer.batch_encode([caption(scenes, i) for i in range(pool)], add_eos=True)
-    clip = CLIP(CLIPConfig(vision=config.vision_config(), vocab_size=len(tokenizer), text_dim=64, text_depth=2,
-                           text_causal=False, text_pool="mean", embed_dim=64))
-
-    def clip_batches(step, size=64):
-        start = (step * size) % (pool - size + 1)
-        ids, mask = (t[start:start + size] for t in captions)
-        length = int(mask.sum(1).max())
-        return model.normalize(images[start:start + size]), ids[:, :length], mask[:, :length]
-
-    fit(clip, clip_batches, lambda m, b: contrastive.contrastive_loss(*m(*b)),
-        TrainConfig(steps=setup["clip_steps"], lr=3e-3, warmup_steps=min(40, setup["clip_steps"]), device="cpu",
-                    progress=False))
+    clip = train_clip_vision(config.vision_config(), tokenizer, scenes, images, model.normalize, setup["clip_steps"])
     lm = pretrained.language_model(config.lm_config(), device="cpu")
     model.load_vision_tower(clip.vision).load_language_model(lm).set_stage()
 
