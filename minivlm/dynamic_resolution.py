@@ -23,6 +23,7 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .blocks import RMSNorm
 from .rope import rope_frequencies
@@ -133,7 +134,12 @@ def block_diagonal_mask(cu_seqlens, device=None):
 
 
 class PatchEmbed(nn.Module):
-    """Qwen2-VL's patch embedding: patches (N, C·tps·p·p) -> Conv3d(kernel = stride = (tps, p, p)) -> (N, D)."""
+    """Qwen2-VL's patch embedding: patches (N, C·tps·p·p) -> Conv3d(kernel = stride = (tps, p, p)) -> (N, D).
+
+    A kernel as large as its stride sees each patch once: the conv is a matmul with the kernel flattened
+    in the patch vectors' (channel, temporal, py, px) order. forward computes that matmul (on CPU several
+    times faster than Conv3d's backward); `conv3d` runs the Conv3d itself, the same numbers.
+    """
 
     def __init__(self, dim, patch_size=14, temporal_patch_size=2, in_channels=3):
         super().__init__()
@@ -145,6 +151,10 @@ class PatchEmbed(nn.Module):
         if patches.dim() != 2 or patches.shape[1] != math.prod(self.patch_shape):
             raise ValueError(f"patches must be (N, C·tps·p·p = {math.prod(self.patch_shape)}), "
                              f"got {tuple(patches.shape)}")
+        return F.linear(patches, self.proj.weight.reshape(self.proj.out_channels, -1))
+
+    def conv3d(self, patches):
+        """The same map run as Qwen2-VL runs it: each patch vector a (C, tps, p, p) volume through the Conv3d."""
         return self.proj(patches.reshape(-1, *self.patch_shape)).reshape(len(patches), -1)
 
     def as_linear(self):

@@ -18,12 +18,16 @@ bottom edge holds what is left of the image. The full-attention layers batch the
 (`frame_batches`: each frame a row, padded to the longest), which computes what a block-diagonal mask
 over the packed sequence computes, at O(F·L²) instead of O((Σ L)²). `DynamicResolutionViT` puts it
 together: Conv3d patch embedding, pre-norm blocks with 2D RoPE, windowed or full, the 2×2 merger.
+With `positions="learned"` it instead adds a learned (D, g, g) position table, resized bilinearly to
+each image's patch grid (the ViT / SigLIP way of chapter 01, stretched): the alternative chapter 08
+measures 2D RoPE against on images larger than any seen in training.
 """
 
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .blocks import TransformerBlock
 from .dynamic_resolution import (PatchEmbed, PatchMerger, grid_list, vision_cu_seqlens, vision_position_ids,
@@ -81,11 +85,13 @@ def frame_batches(grid_thw, merge_size=2):
     return torch.where(offsets < lengths[:, None], cu[:-1, None] + offsets, -1)
 
 
-def attend_in_batches(block, x, batches, cos, sin):
-    """Run `block` on x (N, D) grouped by `batches` (G, S) (-1 = padding, masked as keys) -> (N, D)."""
+def attend_in_batches(block, x, batches, rope=None):
+    """Run `block` on x (N, D) grouped by `batches` (G, S) (-1 = padding, masked as keys) -> (N, D).
+    rope: (cos, sin), each (N, head_dim // 2), of the packed tokens, or None."""
     present = batches >= 0
     gather = batches.clamp(min=0)
-    out = block(x[gather], key_padding_mask=present, rope=(cos[gather], sin[gather]))     # (G, S, D)
+    rope = None if rope is None else (rope[0][gather], rope[1][gather])
+    out = block(x[gather], key_padding_mask=present, rope=rope)                            # (G, S, D)
     return torch.zeros_like(x).index_copy(0, batches[present], out[present])
 
 
@@ -103,6 +109,8 @@ class DynamicViTConfig:
     full_attention_layers: tuple = (3,)   # Qwen2.5-VL-7B: (7, 15, 23, 31) of 32
     merger_norm: str = "layernorm"        # "rmsnorm" for Qwen2.5-VL
     in_channels: int = 3
+    positions: str = "rope"               # "rope": Qwen2-VL's 2D RoPE; "learned": a learned table, interpolated
+    position_grid: int = 8                # "learned": the table's side in patches (resized to each image's grid)
 
 
 class DynamicResolutionViT(nn.Module):
@@ -115,9 +123,22 @@ class DynamicResolutionViT(nn.Module):
             raise ValueError(f"dim / heads = {c.dim}/{c.heads} must be a whole multiple of 4 (2D RoPE)")
         if c.window_size is not None:
             window_units(c.window_size, c.patch_size, c.merge_size)
+        if c.positions not in ("rope", "learned"):
+            raise ValueError(f"positions must be 'rope' or 'learned', got {c.positions!r}")
+        if c.positions == "learned":      # the ViT / CLIP / SigLIP way, as in chapter 01, resized per image
+            self.pos_embed = nn.Parameter(torch.randn(c.dim, c.position_grid, c.position_grid) * 0.02)
         self.patch_embed = PatchEmbed(c.dim, c.patch_size, c.temporal_patch_size, c.in_channels)
         self.blocks = nn.ModuleList(TransformerBlock(c.dim, c.heads, c.mlp_ratio * c.dim) for _ in range(c.depth))
         self.merger = PatchMerger(c.out_dim, c.dim, c.merge_size, c.merger_norm)
+
+    def learned_positions(self, grid_thw):
+        """(N, D): the learned (D, g, g) table resized bilinearly to each frame's (h, w) patch grid, in patch order."""
+        parts = []
+        for t, h, w in grid_list(grid_thw, self.config.merge_size):
+            table = F.interpolate(self.pos_embed[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+            rows, cols = vision_position_ids(torch.tensor([[1, h, w]]), self.config.merge_size).T.tolist()
+            parts.append(table[:, rows, cols].T.repeat(t, 1))                     # (t·h·w, D)
+        return torch.cat(parts)
 
     def windowed(self, layer):
         return self.config.window_size is not None and layer not in self.config.full_attention_layers
@@ -130,10 +151,13 @@ class DynamicResolutionViT(nn.Module):
                              f"{sum(t * h * w for t, h, w in grids)} patches")
         device = patches.device
         x = self.patch_embed(patches)                                              # (N, D)
-        cos, sin = vision_rope(vision_position_ids(grid_thw, c.merge_size).to(device), c.dim // c.heads)
+        if c.positions == "rope":
+            rope = vision_rope(vision_position_ids(grid_thw, c.merge_size).to(device), c.dim // c.heads)
+        else:                                         # absolute positions, added once; no rotation in attention
+            x, rope = x + self.learned_positions(grid_thw), None
         frames = frame_batches(grid_thw, c.merge_size).to(device)                  # (F, L)
         if c.window_size is not None:
             windows = window_batches(grid_thw, c.window_size, c.patch_size, c.merge_size).to(device)   # (W, S)
         for layer, block in enumerate(self.blocks):
-            x = attend_in_batches(block, x, windows if self.windowed(layer) else frames, cos, sin)
+            x = attend_in_batches(block, x, windows if self.windowed(layer) else frames, rope)
         return self.merger(x)

@@ -55,7 +55,8 @@ def test_conv3d_patch_embedding_is_a_linear_map_on_patch_vectors():
     torch.manual_seed(0)
     embed = PatchEmbed(32, patch_size=14, temporal_patch_size=2)
     patches, _ = patchify_qwen2vl(torch.rand(1, 3, 56, 28))
-    torch.testing.assert_close(embed(patches), embed.as_linear()(patches), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(embed.conv3d(patches), embed.as_linear()(patches), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(embed(patches), embed.conv3d(patches), rtol=1e-5, atol=1e-5)
     assert embed.proj.bias is None and embed.proj.stride == (2, 14, 14)
 
 

@@ -118,6 +118,7 @@ def test_packed_images_equal_each_alone():
     (lambda: window_index(torch.tensor([1, 4, 4]), window_size=100), "multiple of patch_size·merge_size = 28"),
     (lambda: small_vit()(torch.randn(5, 24), torch.tensor([[1, 2, 2]])), "patches has 5 rows but grid_thw"),
     (lambda: small_vit(heads=8), "multiple of 4"),
+    (lambda: small_vit(positions="absolute"), "positions must be 'rope' or 'learned'"),
 ])
 def test_bad_input_is_named(call, message):
     with pytest.raises(ValueError, match=message):
@@ -127,3 +128,23 @@ def test_bad_input_is_named(call, message):
 def test_frame_batches_by_hand():
     batches = frame_batches(torch.tensor([[1, 2, 2], [2, 2, 4]]))            # frames of 4, then 8 and 8 patches
     assert batches.tolist() == [[0, 1, 2, 3, -1, -1, -1, -1], list(range(4, 12)), list(range(12, 20))]
+
+
+def test_learned_positions_are_the_table_at_its_own_size_resized_otherwise():
+    vit = small_vit(positions="learned", position_grid=4, window_size=None)
+    grid = torch.tensor([[1, 4, 4]])
+    rows, cols = vision_position_ids(grid).T
+    torch.testing.assert_close(vit.learned_positions(grid), vit.pos_embed[:, rows, cols].T)
+    big = torch.tensor([[1, 8, 12]])
+    resized = F.interpolate(vit.pos_embed[None], size=(8, 12), mode="bilinear", align_corners=False)[0]
+    rows, cols = vision_position_ids(big).T
+    torch.testing.assert_close(vit.learned_positions(big), resized[:, rows, cols].T)
+    two_frames = vit.learned_positions(torch.tensor([[2, 4, 4]]))
+    assert torch.equal(two_frames[:16], two_frames[16:])                    # the same table for every frame
+
+
+def test_learned_positions_pack_like_rope():
+    vit = small_vit(positions="learned", window_size=None)
+    patches, grid = packed([(20, 12), (8, 24)])
+    torch.testing.assert_close(vit(patches, grid)[15:], vit(patches[60:], grid[1:]), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(vit(patches, grid)[:15], vit(patches[:60], grid[:1]), rtol=1e-5, atol=1e-5)
