@@ -91,6 +91,9 @@ def select_best_resolution(image_size, grid_pinpoints):
         wasted = h * w - effective
         if effective > best_effective or (effective == best_effective and wasted < best_wasted):
             best, best_effective, best_wasted = (h, w), effective, wasted
+    if best_effective == 0:
+        raise ValueError(f"none of grid_pinpoints {grid_pinpoints} can hold a {H} x {W} image: scaled to fit, "
+                         f"it keeps no whole pixel in any of them")
     return best
 
 

@@ -227,6 +227,8 @@ def test_bad_inputs():
         anyres_crops(torch.rand(3, 40, 100), [], 32)
     with pytest.raises(ValueError, match="grid_pinpoints must be a non-empty"):
         select_best_resolution((40, 100), [])
+    with pytest.raises(ValueError, match="can hold a 1 x 1000 image"):
+        select_best_resolution((1, 1000), [(32, 32), (64, 64)])           # scaled to fit: 0 rows in both
     with pytest.raises(ValueError, match="multiples .* of crop_size=32"):
         anyres_crops(torch.rand(3, 40, 100), [(32, 48)], 32)
     with pytest.raises(ValueError, match="multiples .* of crop_size=336"):

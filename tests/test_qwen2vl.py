@@ -116,3 +116,16 @@ def test_a_1d_rope_lm_loads_and_computes_the_same_on_text():
     assert torch.equal(m.lm(ids).logits, text_lm(ids).logits)            # M-RoPE on text == 1D RoPE, exactly
     with pytest.raises(ValueError, match="up to the kind of RoPE"):
         m.load_language_model(LanguageModel(LMConfig(vocab_size=58, dim=32, depth=2, heads=4)))
+
+
+def test_vision_start_and_end_wrap_every_run():
+    ids = torch.tensor([[7, 3, 8, 3, 9], [7, 3, 9, 0, 0]])
+    mask = ids != 0
+    grid = torch.tensor([[1, 2, 4], [1, 2, 2], [1, 4, 2]])                     # 2, 1 and 2 tokens
+    out, out_mask, labels = expand_image_tokens(ids, mask, ids.masked_fill(~mask, -100), grid, 3,
+                                                vision_start_id=50, vision_end_id=51)
+    assert out[0][out_mask[0]].tolist() == [7, 50, 3, 3, 51, 8, 50, 3, 51, 9]
+    assert out[1][out_mask[1]].tolist() == [7, 50, 3, 3, 51, 9]
+    assert (labels[out == 50] == -100).all() and (labels[out == 51] == -100).all()
+    with pytest.raises(ValueError, match="both vision_start_id and vision_end_id"):
+        expand_image_tokens(ids, mask, None, grid, 3, vision_start_id=50)

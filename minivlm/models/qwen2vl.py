@@ -11,9 +11,9 @@
 
 The number of visual tokens follows each image: a 32×32 Shapes image with 8-px patches is 16 patches,
 4 tokens; a 128×64 canvas 128 patches, 32 tokens. Several images of different sizes share one ViT
-pass, packed, never padded. Qwen2-VL wraps each image in <|vision_start|> … <|vision_end|>; our
-prompts always put text between two images, which is all that mrope_position_ids needs to tell
-the runs apart, so the course's tokenizer needs no new token.
+pass, packed, never padded. Qwen2-VL wraps each image in <|vision_start|> … <|vision_end|>
+(expand_image_tokens does, given their ids); our prompts always put text between two images, which is
+all that mrope_position_ids needs to tell the runs apart, so the course's tokenizer has no such token.
 """
 
 from dataclasses import asdict, dataclass, field
@@ -73,12 +73,20 @@ def process_images(images, config: Qwen2VLConfig):
     return torch.cat([p for p, _ in parts]), torch.stack([g for _, g in parts])
 
 
-def expand_image_tokens(input_ids, attention_mask, labels, grid_thw, image_token_id, merge_size=2, pad_id=0):
+def expand_image_tokens(input_ids, attention_mask, labels, grid_thw, image_token_id, merge_size=2, pad_id=0,
+                        vision_start_id=None, vision_end_id=None):
     """Each row's <image> ids -> runs of t·(h/m)·(w/m) of them, images in reading order over the batch.
 
     input_ids, attention_mask, labels (B, L), right-padded -> the same three (B, L'), right-padded again;
     labels are -100 on the runs. Prompts for generation are left-padded after: see `left_pad`.
+    vision_start_id, vision_end_id: Qwen2-VL's <|vision_start|> / <|vision_end|>, put around every
+    run when given (labels -100 on them too); the course's tokenizer has neither, and needs neither as
+    long as text separates two images.
     """
+    if (vision_start_id is None) != (vision_end_id is None):
+        raise ValueError("give both vision_start_id and vision_end_id, or neither")
+    start = [] if vision_start_id is None else [vision_start_id]
+    end = [] if vision_end_id is None else [vision_end_id]
     counts = (grid_thw[:, 0] * (grid_thw[:, 1] // merge_size) * (grid_thw[:, 2] // merge_size)).tolist()
     rows, image = [], 0
     for b in range(input_ids.shape[0]):
@@ -89,8 +97,8 @@ def expand_image_tokens(input_ids, attention_mask, labels, grid_thw, image_token
             if token == image_token_id:
                 if image >= len(counts):
                     raise ValueError(f"input_ids holds more <image> tokens than grid_thw has images ({len(counts)})")
-                new_ids += [image_token_id] * counts[image]
-                new_labels += [-100] * counts[image]
+                new_ids += start + [image_token_id] * counts[image] + end
+                new_labels += [-100] * (len(start) + counts[image] + len(end))
                 image += 1
             else:
                 new_ids.append(token)
