@@ -17,3 +17,8 @@ from .canvas import (
     sample_canvas_scenes,
 )
 from .canvas_text import CANVAS_QUESTION_KINDS, canvas_questions, canvas_sample_qa, sample_canvas_vqa
+from .video import (
+    DIRECTIONS, VideoBatch, VideoConfig, concat_videos, render_video, sample_videos, video_frame, video_hash,
+    video_objects, video_split,
+)
+from .video_text import VIDEO_QUESTION_KINDS, frame_word, sample_video_vqa, video_questions, video_sample_qa
