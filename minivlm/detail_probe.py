@@ -94,13 +94,18 @@ def token_grid(arm, height, width):
     return rows, cols
 
 
-def encode_canvases(scenes, arm):
-    """Canvas scenes (one CanvasConfig) -> [ProbeExample]: rendered, resized as the arm says, patchified."""
-    images = render_canvas(scenes)
-    if arm.resize is not None:
-        shrinking = arm.resize[0] * arm.resize[1] < images.shape[2] * images.shape[3]
-        images = F.interpolate(images, size=arm.resize, mode="area" if shrinking else "bilinear",
-                               align_corners=None if shrinking else False)
+def resize_images(images, size):
+    """images (B, 3, H, W) -> (B, 3, *size): area-averaged when shrinking, bilinear when growing; size None: as is."""
+    if size is None:
+        return images
+    shrinking = size[0] * size[1] < images.shape[2] * images.shape[3]
+    return F.interpolate(images, size=size, mode="area" if shrinking else "bilinear",
+                         align_corners=None if shrinking else False)
+
+
+def encode_canvases(scenes, arm, resize=resize_images):
+    """Canvas scenes (one CanvasConfig) -> [ProbeExample]: rendered, resize(images, arm.resize), patchified."""
+    images = resize(render_canvas(scenes), arm.resize)
     images = (images - torch.tensor(PIXEL_MEAN)[:, None, None]) / torch.tensor(PIXEL_STD)[:, None, None]
     rows, cols = token_grid(arm, scenes.config.height_px, scenes.config.width_px)
     # the token each object's centre lies in; x, y in [0, 1] survive any resize of the whole image

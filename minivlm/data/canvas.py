@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import torch
 
 from .render import paint
-from .world import COLORS, SHAPES, SPLIT_PERCENT, SceneBatch, _mix, sample_split, scene_hash
+from .world import (COLORS, SHAPES, SPLIT_PERCENT, SceneBatch, _mix, check_shapes_and_colors, sample_split,
+                    scene_hash)
 
 CANVAS_SIZES = ((32, 32), (32, 64), (64, 32), (64, 64), (64, 128), (128, 64), (128, 128))  # (height, width) px
 
@@ -65,11 +66,7 @@ class CanvasConfig:
         if not low <= self.cell_px // 2 <= high:
             raise ValueError(f"large_radius {self.large_radius!r} ({large:g} px) does not fit a {self.cell_px}-pixel "
                              f"cell with a pixel to spare on each side")
-        for name, allowed in (("shapes", SHAPES), ("colors", tuple(COLORS))):
-            values = tuple(getattr(self, name))
-            if not values or len(set(values)) != len(values) or not set(values) <= set(allowed):
-                raise ValueError(f"{name} must be distinct names from {allowed}, got {values!r}")
-            object.__setattr__(self, name, values)
+        check_shapes_and_colors(self)
 
     @property
     def rows(self):

@@ -25,7 +25,8 @@ from dataclasses import dataclass, fields
 import torch
 
 from .render import paint
-from .world import COLORS, NUMBER_WORDS, SHAPES, SIZES, SPLIT_PERCENT, SceneBatch, _mix, sample_split
+from .world import (COLORS, NUMBER_WORDS, SHAPES, SIZES, SPLIT_PERCENT, SceneBatch, _mix, check_shapes_and_colors,
+                    sample_split)
 
 DRIFT = 0.25          # the off-axis speed is at most this fraction of the main one
 COLLISION_ROUNDS = 12  # redraws of the objects that touch an earlier one, before a video is dropped (crowded ones)
@@ -67,11 +68,7 @@ class VideoConfig:
                              f"crossing {self.frames} frames stays inside the image), got {self.max_speed!r}")
         if not isinstance(self.appear_disappear, bool):
             raise ValueError(f"appear_disappear must be a bool, got {self.appear_disappear!r}")
-        for name, allowed in (("shapes", SHAPES), ("colors", tuple(COLORS))):
-            values = tuple(getattr(self, name))
-            if not values or len(set(values)) != len(values) or not set(values) <= set(allowed):
-                raise ValueError(f"{name} must be distinct names from {allowed}, got {values!r}")
-            object.__setattr__(self, name, values)
+        check_shapes_and_colors(self)
 
     @property
     def min_duration(self):

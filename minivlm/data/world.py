@@ -40,6 +40,15 @@ SPLITS = ("train", "val", "test")
 SPLIT_PERCENT = {"train": (0, 80), "val": (80, 90), "test": (90, 100)}  # [low, high) of hash % 100
 
 
+def check_shapes_and_colors(config):
+    """Validate a frozen world config's `shapes` and `colors` (distinct known names) and store them as tuples."""
+    for name, allowed in (("shapes", SHAPES), ("colors", tuple(COLORS))):
+        values = tuple(getattr(config, name))
+        if not values or len(set(values)) != len(values) or not set(values) <= set(allowed):
+            raise ValueError(f"{name} must be distinct names from {allowed}, got {values!r}")
+        object.__setattr__(config, name, values)
+
+
 @dataclass(frozen=True)
 class WorldConfig:
     min_objects: int = 1
@@ -58,11 +67,7 @@ class WorldConfig:
         if not 1 <= self.min_objects <= self.max_objects <= most:
             raise ValueError(f"need 1 <= min_objects <= max_objects <= {most} (grid={self.grid}), "
                              f"got min_objects={self.min_objects}, max_objects={self.max_objects}")
-        for name, allowed in (("shapes", SHAPES), ("colors", tuple(COLORS))):
-            values = tuple(getattr(self, name))
-            if not values or len(set(values)) != len(values) or not set(values) <= set(allowed):
-                raise ValueError(f"{name} must be distinct names from {allowed}, got {values!r}")
-            object.__setattr__(self, name, values)
+        check_shapes_and_colors(self)
 
 
 @dataclass

@@ -30,8 +30,7 @@ from minivlm.course.grading import (Hint, answer_choice, answer_number, call_lea
                                     expect_close, expect_equal, expect_known_mistakes, expect_shape, one_thread,
                                     torch_generator)
 from minivlm.data.canvas import canvas_configs, render_canvas, sample_canvas_scenes
-from minivlm.detail_probe import (ARMS, PIXEL_MEAN, PIXEL_STD, ProbeExample, probe_accuracy, token_grid,
-                                  train_probe)
+from minivlm.detail_probe import ARMS, encode_canvases, probe_accuracy, resize_images, train_probe
 from minivlm.dynamic_resolution import (block_diagonal_mask, patchify_qwen2vl, vision_position_ids, vision_rope)
 from minivlm.rope import apply_rope
 from minivlm.window_attention import window_index
@@ -469,31 +468,7 @@ MIN_GAIN = 30.0            # dynamic must count the small shapes right on this m
 ARM_NAMES = ("dynamic", "fixed 32x32")
 
 
-def _reference_resize(images, size):
-    """What encode_canvases does with an arm's `resize`: none, area-averaged down, bilinear up."""
-    if size is None:
-        return images
-    shrinking = size[0] * size[1] < images.shape[2] * images.shape[3]
-    return F.interpolate(images, size=size, mode="area" if shrinking else "bilinear",
-                         align_corners=None if shrinking else False)
-
-
-def _encode(scenes, arm, resize):
-    """detail_probe.encode_canvases with `resize(images, arm.resize)` for its resize step (the same otherwise)."""
-    images = render_canvas(scenes)
-    images = resize(images, arm.resize)
-    images = (images - torch.tensor(PIXEL_MEAN)[:, None, None]) / torch.tensor(PIXEL_STD)[:, None, None]
-    rows, cols = token_grid(arm, scenes.config.height_px, scenes.config.width_px)
-    token = (scenes.y * rows).long().clamp(max=rows - 1) * cols + (scenes.x * cols).long().clamp(max=cols - 1)
-    small = scenes.present & (scenes.size == 0)
-    patches, grid = patchify_qwen2vl(images, arm.patch_size, 1, arm.merge_size)
-    grid = torch.tensor([1, grid[1], grid[2]])
-    p, tps = arm.patch_size, arm.temporal_patch_size
-    patches = patches.reshape(len(patches), 3, 1, p, p).expand(-1, -1, tps, -1, -1).reshape(len(patches), -1)
-    counts = torch.zeros(len(scenes), rows * cols, 2)
-    counts[..., 0].scatter_add_(1, token, scenes.present.float())
-    counts[..., 1].scatter_add_(1, token, small.float())
-    return [ProbeExample(x, grid, c, c.sum(0)) for x, c in zip(patches.split(len(patches) // len(scenes)), counts)]
+_reference_resize = resize_images      # what encode_canvases does with an arm's `resize`
 
 
 def _resize_mistakes(images, size):
@@ -562,9 +537,9 @@ def _measure(resize_for_arm, setup):
                                 split="test")
     for name in ARM_NAMES:
         arm = ARMS[name]
-        examples = [e for scenes in train.values() for e in _encode(scenes, arm, resize_for_arm)]
+        examples = [e for scenes in train.values() for e in encode_canvases(scenes, arm, resize_for_arm)]
         model = train_probe(arm, seed, examples, setup["steps"])
-        results[name] = probe_accuracy(model, _encode(test, arm, resize_for_arm))[1].item()
+        results[name] = probe_accuracy(model, encode_canvases(test, arm, resize_for_arm))[1].item()
     return results
 
 
