@@ -14,6 +14,7 @@ from minivlm.data.canvas import canvas_configs, sample_canvas_scenes
 from minivlm.detail_probe import ARMS, encode_canvases
 from minivlm.dynamic_resolution import block_diagonal_mask, patchify_qwen2vl, vision_position_ids
 from minivlm.window_attention import window_index
+from test_window_attention import reference_window_index
 
 SEEDS = [1, 2, 3, 4]
 
@@ -100,24 +101,7 @@ def window_index_by_loops(grid_thw, window_size, patch_size, merge_size):
     return torch.tensor(index), torch.tensor(cu)
 
 
-def window_index_transformers(grid_thw, window_size, patch_size, merge_size):
-    """transformers' Qwen2.5-VL get_window_index: padded by a whole window even when it divides, then unique."""
-    side = window_size // merge_size // patch_size
-    window_index, cu_window_seqlens, offset = [], [0], 0
-    for t, h, w in grid_thw.tolist():
-        gh, gw = h // merge_size, w // merge_size
-        index = torch.arange(t * gh * gw).reshape(t, gh, gw)
-        pad_h, pad_w = side - gh % side, side - gw % side
-        nh, nw = (gh + pad_h) // side, (gw + pad_w) // side
-        padded = F.pad(index, (0, pad_w, 0, pad_h), "constant", -100)
-        padded = padded.reshape(t, nh, side, nw, side).permute(0, 1, 3, 2, 4).reshape(t, nh * nw, side, side)
-        seqlens = (padded != -100).sum([2, 3]).reshape(-1)
-        flat = padded.reshape(-1)
-        window_index.append(flat[flat != -100] + offset)
-        cu = seqlens.cumsum(0) * merge_size ** 2 + cu_window_seqlens[-1]
-        cu_window_seqlens.extend(cu.tolist())
-        offset += t * gh * gw
-    return torch.cat(window_index), torch.unique_consecutive(torch.tensor(cu_window_seqlens))
+window_index_transformers = reference_window_index      # transformers' get_window_index, written out
 
 
 def select_by_sorting(image_size, grid_pinpoints):
