@@ -14,7 +14,7 @@ The world's kinds, plus two that need every small object seen:
 import random
 
 from .canvas import canvas_scene_hash
-from .text import QA, _weighted_order, sample_qa
+from .text import QA, ask_kinds, sample_qa
 from .world import NUMBER_WORDS, PLURALS
 
 CANVAS_QUESTION_KINDS = ("count", "color", "shape", "position", "exists", "count_small", "exists_small")
@@ -67,16 +67,7 @@ def canvas_questions(scenes, i, *, rng=None, kinds=CANVAS_QUESTION_KINDS, shuffl
         raise ValueError(f"per_scene must be in [1, {len(kinds)}] (one question per kind), got {per_scene}")
     if rng is None:
         rng = random.Random(int(canvas_scene_hash(scenes[i])[0]))
-    if shuffle:
-        kinds = _weighted_order(list(kinds), [1.0] * len(kinds), rng)
-    asked = []
-    for kind in kinds:
-        qa = canvas_sample_qa(scenes, i, kind, rng=rng)
-        if qa is not None:
-            asked.append(qa)
-            if len(asked) == per_scene:
-                break
-    return asked
+    return ask_kinds(lambda kind: canvas_sample_qa(scenes, i, kind, rng=rng), kinds, rng, shuffle, limit=per_scene)
 
 
 def sample_canvas_vqa(scenes, per_image=4, *, seed=0, kinds=CANVAS_QUESTION_KINDS):

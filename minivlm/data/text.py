@@ -101,14 +101,20 @@ def questions(scenes, i, *, rng=None, kinds=QUESTION_KINDS, shuffle=False, weigh
         raise ValueError(f"weights need shuffle=True and one weight per kind in {kinds}, got {weights!r}")
     if rng is None:
         rng = random.Random(int(scene_hash(scenes[i])[0]))
+    return ask_kinds(lambda kind: sample_qa(scenes, i, kind, rng=rng), kinds, rng, shuffle, weights, per_scene)
+
+
+def ask_kinds(sample, kinds, rng, shuffle=False, weights=None, limit=None):
+    """[QA]: sample(kind) for each kind (in a random order drawn by `weights` with `shuffle`), Nones skipped,
+    at most `limit`. The one loop behind questions(), canvas_questions() and video_questions()."""
     if shuffle:
         kinds = _weighted_order(list(kinds), [1.0] * len(kinds) if weights is None else list(weights), rng)
     asked = []
     for kind in kinds:
-        qa = sample_qa(scenes, i, kind, rng=rng)
+        qa = sample(kind)
         if qa is not None:
             asked.append(qa)
-            if len(asked) == per_scene:
+            if len(asked) == limit:
                 break
     return asked
 

@@ -21,7 +21,7 @@ import random
 from collections import Counter
 
 from .canvas_text import _count_qa
-from .text import QA, QUESTION_KINDS, _weighted_order, sample_qa
+from .text import QA, QUESTION_KINDS, ask_kinds, sample_qa
 from .video import video_frame, video_hash, video_objects
 from .world import NUMBER_WORDS
 
@@ -91,16 +91,7 @@ def video_questions(videos, i, *, rng=None, kinds=VIDEO_QUESTION_KINDS, shuffle=
         raise ValueError(f"per_video must be in [1, {len(kinds)}] (one question per kind), got {per_video}")
     if rng is None:
         rng = random.Random(int(video_hash(videos[i])[0]))
-    if shuffle:
-        kinds = _weighted_order(list(kinds), [1.0] * len(kinds), rng)
-    asked = []
-    for kind in kinds:
-        qa = video_sample_qa(videos, i, kind, rng=rng)
-        if qa is not None:
-            asked.append(qa)
-            if len(asked) == per_video:
-                break
-    return asked
+    return ask_kinds(lambda kind: video_sample_qa(videos, i, kind, rng=rng), kinds, rng, shuffle, limit=per_video)
 
 
 def sample_video_vqa(videos, per_video=2, *, seed=0, kinds=VIDEO_QUESTION_KINDS):
