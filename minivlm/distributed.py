@@ -29,6 +29,11 @@ def join(device):
     return world()
 
 
+def rebuild(sequence, values):
+    """A list, tuple or NamedTuple of the same type as `sequence`, holding `values`."""
+    return type(sequence)(*values) if hasattr(sequence, "_fields") else type(sequence)(values)
+
+
 def shard(batch, rank, world_size):
     """This rank's slice of every tensor in the batch, along dim 0 (tensors, or tuples/lists/dicts of them)."""
     if isinstance(batch, torch.Tensor):
@@ -38,5 +43,5 @@ def shard(batch, rank, world_size):
     if isinstance(batch, dict):
         return {key: shard(value, rank, world_size) for key, value in batch.items()}
     if isinstance(batch, (list, tuple)):
-        return type(batch)(shard(value, rank, world_size) for value in batch)
+        return rebuild(batch, [shard(value, rank, world_size) for value in batch])
     return batch

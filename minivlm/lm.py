@@ -133,6 +133,12 @@ class LanguageModel(nn.Module):
         past_len = self.check_inputs(input_ids, inputs_embeds, labels, attention_mask, attn_mask, position_ids,
                                      kv_cache, validate)
         x = self.tok_emb(input_ids) if inputs_embeds is None else inputs_embeds
+        logits = self.lm_head(self.hidden_states(x, attention_mask, attn_mask, position_ids, kv_cache, past_len))
+        return LMOutput(logits, None if labels is None else next_token_loss(logits, labels))
+
+    def hidden_states(self, x, attention_mask=None, attn_mask=None, position_ids=None, kv_cache=None, past_len=0):
+        """The final normed states (B, L, D) of embeddings x (B, L, D), what lm_head reads (inputs as forward's,
+        unchecked: forward checks them). A probe reads these instead of the vocabulary logits."""
         B, L, _ = x.shape
         if position_ids is None:
             position_ids = self.default_positions(B, L, past_len, attention_mask, x.device)
@@ -140,8 +146,7 @@ class LanguageModel(nn.Module):
         mask = self.attention_pattern(L, past_len + L, attention_mask, attn_mask, x.device)
         for i, block in enumerate(self.blocks):
             x = block(x, attn_mask=mask, rope=rope, kv_cache=None if kv_cache is None else kv_cache[i])
-        logits = self.lm_head(self.norm(x))
-        return LMOutput(logits, None if labels is None else next_token_loss(logits, labels))
+        return self.norm(x)
 
     def embed(self, input_ids, validate=True):
         """Token embeddings (B, L, D); a VLM splices image tokens into these before `forward`."""

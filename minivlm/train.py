@@ -30,7 +30,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from .distributed import join, shard
+from .distributed import join, rebuild, shard
 
 
 READ_LOSS_EVERY = 25    # steps between reads of the loss from the device (the progress bar's refresh)
@@ -107,7 +107,7 @@ def move_to(batch, device):
     if isinstance(batch, dict):
         return {key: move_to(value, device) for key, value in batch.items()}
     if isinstance(batch, (list, tuple)):
-        return type(batch)(move_to(value, device) for value in batch)
+        return rebuild(batch, [move_to(value, device) for value in batch])
     return batch
 
 

@@ -139,3 +139,20 @@ def test_ddp_two_processes_match_single_process(tmp_path):
     for name, value in single.state_dict().items():
         assert torch.equal(rank0[name], rank1[name])
         assert torch.allclose(rank0[name], value, atol=1e-5), name
+
+
+def test_move_to_and_shard_keep_named_tuples():
+    from typing import NamedTuple
+
+    from minivlm.distributed import shard
+    from minivlm.train import move_to
+
+    class Batch(NamedTuple):
+        x: torch.Tensor
+        names: list
+
+    batch = Batch(torch.arange(4), ["a", "b"])
+    moved = move_to(batch, "cpu")
+    assert isinstance(moved, Batch) and torch.equal(moved.x, batch.x) and moved.names == ["a", "b"]
+    half = shard(batch, 1, 2)
+    assert isinstance(half, Batch) and half.x.tolist() == [2, 3]
