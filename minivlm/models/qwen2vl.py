@@ -59,6 +59,8 @@ class Qwen2VLConfig:
     positions: str = "mrope"             # "mrope": (t, row, col) ids; "1d": every token its index (the ablation's baseline)
     video_pool_stride: int = 1           # LLaVA-OneVision: shrink each temporal group's token map by this per side
     tokens_per_second: float = 2.0       # Qwen2.5-VL's absolute time: temporal ids per second of video
+    rope_theta: float = 10000.0          # the LM's RoPE base (Qwen2-VL's LM: 1e6)
+    mrope_section: tuple = None          # frequency pairs per (t, h, w) stream; None: Qwen2-VL's proportions
 
     def __post_init__(self):
         if self.vision.out_dim != self.text_dim:
@@ -73,7 +75,8 @@ class Qwen2VLConfig:
 
     def lm_config(self):
         return LMConfig(vocab_size=self.vocab_size, dim=self.text_dim, depth=self.text_depth, heads=self.text_heads,
-                        max_seq_len=self.max_seq_len, rope="mrope", tie_embeddings=self.tie_embeddings)
+                        max_seq_len=self.max_seq_len, rope="mrope", rope_theta=self.rope_theta,
+                        mrope_section=self.mrope_section, tie_embeddings=self.tie_embeddings)
 
 
 def _patchify_all(clips, config, name, shape):
