@@ -62,6 +62,27 @@ class Arm:
     sizes: tuple = (32, 64)      # frame sizes trained and tested on
     test_frames: int = None      # frames read at test time (another frame rate); None: `frames`
 
+    def __post_init__(self):
+        if self.positions not in ("mrope", "1d"):
+            raise ValueError(f"positions must be 'mrope' or '1d', got {self.positions!r}")
+        for name in ("frames", "test_frames"):
+            value = getattr(self, name)
+            if value is None and name == "test_frames":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value not in range(4, SOURCE_FRAMES + 1, 2):
+                raise ValueError(f"{name} must be an even number of frames in [4, {SOURCE_FRAMES}] (frame pairs "
+                                 f"of a {SOURCE_FRAMES}-frame video), got {value!r}")
+        if isinstance(self.pool_stride, bool) or self.pool_stride not in (1, 2):
+            raise ValueError(f"pool_stride must be 1 or 2 (a quadrant is the coarsest token the questions read), "
+                             f"got {self.pool_stride!r}")
+        sizes = tuple(self.sizes) if isinstance(self.sizes, (tuple, list)) else ()
+        if not sizes or any(isinstance(s, bool) or not isinstance(s, int) or s < 32 or s % 32 for s in sizes):
+            raise ValueError(f"sizes must be frame sizes in pixels, multiples of 32 (an even number of 16-px "
+                             f"tokens per side, so that tokens tile the quadrants), got {self.sizes!r}")
+        if self.pool_stride == 2 and min(sizes) < 64:
+            raise ValueError(f"pool_stride=2 needs frames of at least 64 px (2 x 2 tokens after pooling), got {sizes}")
+        object.__setattr__(self, "sizes", sizes)
+
 
 ARMS = {
     "M-RoPE": Arm(test_frames=16),

@@ -1,5 +1,6 @@
 """Chapter 09's probe: targets counted as the video says, frames read as Qwen2-VL reads them, arms, a short run."""
 
+import pytest
 import torch
 
 from minivlm.data.video import render_video, sample_videos
@@ -92,3 +93,18 @@ def test_run_arms_here_is_run_arm():
     assert run_arms([job], workers=0) == [result]
     assert result["arm"] == "M-RoPE" and set(result["accuracy"]) == {(32, 8), (64, 8), (32, 16), (64, 16)}
     assert set(result["accuracy"][64, 8]) == {"now", "then", "frame", "cell"}
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(positions="2d"), "positions must be 'mrope' or '1d'"),
+    (dict(frames=7), "frames must be an even number of frames in \\[4, 16\\]"),
+    (dict(frames=32), "frames must be an even number"),
+    (dict(test_frames=2), "test_frames must be an even number"),
+    (dict(pool_stride=4, sizes=(64,)), "pool_stride must be 1 or 2"),
+    (dict(sizes=(48,)), "multiples of 32"),
+    (dict(sizes=()), "multiples of 32"),
+    (dict(pool_stride=2), "at least 64 px"),
+])
+def test_bad_arms_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Arm(**kwargs)
