@@ -250,3 +250,11 @@ def test_video_generation_with_the_cache_equals_full_reruns(seconds):
 def test_bad_video_input_is_named(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_the_lms_rope_base_and_split_are_the_configs():
+    config = Qwen2VLConfig(rope_theta=1e6, mrope_section=(4, 2, 2)).lm_config()
+    assert config.rope == "mrope" and config.rope_theta == 1e6 and config.mrope_section == (4, 2, 2)
+    assert Qwen2VLConfig().lm_config().mrope_section == (2, 3, 3)           # Qwen2-VL's 16 : 24 : 24 of 8 pairs
+    with pytest.raises(ValueError, match="mrope_section"):
+        Qwen2VLConfig(mrope_section=(4, 4, 4)).lm_config()
