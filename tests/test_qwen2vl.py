@@ -8,6 +8,7 @@ from minivlm.lm import LanguageModel, LMConfig
 from minivlm.models.llava import encode_chat
 from minivlm.models.qwen2vl import (Qwen2VL, Qwen2VLConfig, expand_image_tokens, left_pad, pooled_grid_thw,
                                     process_images, process_videos)
+from minivlm.rope import mrope_position_ids
 from minivlm.video_frames import pool_frame_tokens
 
 TOKENIZER = Tokenizer()
@@ -227,6 +228,11 @@ def test_video_generation_with_the_cache_equals_full_reruns(seconds):
     cached = m.generate(None, None, ids, mask, max_new_tokens=4, **video)
     assert torch.equal(cached, m.generate(None, None, ids, mask, max_new_tokens=4, use_cache=False, **video))
     positions = m.position_ids(ids, None, mask, grid, seconds)
+    _, rope_deltas = mrope_position_ids(ids, None, grid, image_token_id=TOKENIZER.image_id,
+                                        video_token_id=TOKENIZER.video_id, attention_mask=mask,
+                                        video_seconds_per_grid=seconds)
+    # Qwen2-VL's rule: the token appended at index n gets id n + rope_deltas; the first new one, n = L
+    assert torch.equal(positions.amax(dim=(0, 2)) + 1, ids.shape[1] + rope_deltas[:, 0])
     reference_ids, reference_mask = ids, mask
     for step in range(cached.shape[1]):                    # the continuation at the prompt's largest id + 1, ...
         logits = m(None, None, reference_ids, reference_mask, position_ids=positions, **video).logits[:, -1]
