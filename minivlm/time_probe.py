@@ -238,28 +238,41 @@ def probe_accuracy(model, data):
 
 def run_arm(arm_name, seed, steps=150, train_videos=300, test_videos=100):
     """One run: train on train-split videos, test on test-split ones at arm.frames (and arm.test_frames)
-    -> {"arm", "seed", "accuracy": {(size, frames read): {question: % right}}}.
+    -> {"arm", "seed", "accuracy": {(size, frames read): {question: % right}}, "zero": the same for a probe
+    that says zero everywhere (most quadrants are empty: the floor to read accuracies against)}.
 
     The videos are the same for every arm and seed (drawn with fixed seeds); `seed` sets the
     initialisation and the batch order.
     """
     arm = ARMS[arm_name]
     model = train_probe(arm, seed, video_data(arm, train_videos, 0, "train"), steps)
-    accuracy = {}
+    accuracy, zero = {}, {}
     for frames in dict.fromkeys((arm.frames, arm.test_frames or arm.frames)):
         for size, data in video_data(arm, test_videos, 1, "test", frames).items():
             accuracy[size, frames] = probe_accuracy(model, data)
-    return {"arm": arm_name, "seed": seed, "accuracy": accuracy}
+            zero[size, frames] = probe_accuracy(lambda *inputs: torch.zeros_like(data.targets), data)
+    return {"arm": arm_name, "seed": seed, "accuracy": accuracy, "zero": zero}
 
 
-def _run_job(job):
+def _run_jobs(jobs):
     torch.set_num_threads(1)                    # two workers on two cores: each single-threaded
-    return run_arm(*job)
+    return [run_arm(*job) for job in jobs]
 
 
 def run_arms(jobs, workers=2):
-    """[(arm_name, seed, ...run_arm arguments)] -> [run_arm results], in order, in `workers` processes (0: here)."""
+    """[(arm_name, seed, ...run_arm arguments)] -> [run_arm results], in order, in `workers` processes (0: here).
+
+    One arm's jobs run in one process, one after another, so its videos are encoded once (video_data's
+    cache); arms are handed out in the order they first appear: put the slowest first."""
     if workers == 0:
         return [run_arm(*job) for job in jobs]
+    by_arm = {}
+    for k, job in enumerate(jobs):
+        by_arm.setdefault(job[0], []).append(k)
+    results = [None] * len(jobs)
     with ProcessPoolExecutor(min(workers, os.cpu_count() or 1), mp_context=get_context("spawn")) as pool:
-        return list(pool.map(_run_job, jobs))
+        groups = {pool.submit(_run_jobs, [jobs[k] for k in ks]): ks for ks in by_arm.values()}
+        for future, ks in groups.items():
+            for k, result in zip(ks, future.result()):
+                results[k] = result
+    return results

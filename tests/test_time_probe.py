@@ -93,6 +93,7 @@ def test_run_arms_here_is_run_arm():
     assert run_arms([job], workers=0) == [result]
     assert result["arm"] == "M-RoPE" and set(result["accuracy"]) == {(32, 8), (64, 8), (32, 16), (64, 16)}
     assert set(result["accuracy"][64, 8]) == {"now", "then", "frame", "cell"}
+    assert set(result["zero"]) == set(result["accuracy"]) and result["zero"][32, 8]["cell"] is None
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -108,3 +109,9 @@ def test_run_arms_here_is_run_arm():
 def test_bad_arms_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         Arm(**kwargs)
+
+
+def test_run_arms_in_workers_gives_the_same_results_in_the_jobs_order():
+    jobs = [("4 frames x 16 tokens", 0, 3, 16, 8), ("1D RoPE (raster order)", 0, 3, 16, 8),
+            ("4 frames x 16 tokens", 1, 3, 16, 8)]
+    assert run_arms(jobs, workers=2) == run_arms(jobs, workers=0)
