@@ -21,8 +21,9 @@ chapter's rows, BETAS its DPO β sweep. Every run records, per step, the mean re
 β·[(π_c − ref_c) − (π_r − ref_r)] and the implicit-reward accuracy (the share of pairs whose chosen reward
 beats the rejected one), as TRL logs them.
 
-The CLIP tower and each seed's SFT model are trained once and cached under pretrained.cache_dir(), in
-files named by a hash of the settings, the seed and the package version (as pretrained.py caches its LM).
+The CLIP tower, each seed's SFT model and its log-probabilities of the pairs (the reference's) are computed
+once and cached under pretrained.cache_dir(), in files named by a hash of the settings, the seed and the
+package version (as pretrained.py caches its LM).
 
     results = run_all(seeds=(0, 1, 2))      # [{"seed", "method", "beta", "metrics", "history"}], SFT rows too
 """
@@ -31,6 +32,7 @@ import copy
 import hashlib
 import json
 import os
+import pickle
 import random
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -53,10 +55,11 @@ from .train import TrainConfig, fit, load_checkpoint, save_checkpoint
 SETTINGS = dict(
     world=dict(max_objects=1), image_size=32, pool=2_000, clip_steps=150, clip_batch=64,
     sft_steps=300, sft_images=16, sft_lr=1e-3, questions_per_scene=2, question_weights=None, yes_no_per_scene=1,
-    hallucination_rate=HALLUCINATION_RATE, pair_scenes=500, pref_steps=60, pairs_per_step=32, pref_lr=1e-4,
+    hallucination_rate=HALLUCINATION_RATE, pair_scenes=500, pref_steps=60, pairs_per_step=24, pref_lr=1e-4,
     test_scenes=200, caption_tokens=20,
 )
 TOKENIZER = Tokenizer()
+EXAMPLES = 8            # captions (and stray POPE answers) kept per run, to be read
 
 
 @dataclass(frozen=True)
@@ -87,8 +90,22 @@ def vlm_config():
                        text_heads=lm.heads, max_seq_len=lm.max_seq_len, prefix="causal")
 
 
+def sft_path(seed, settings=SETTINGS):
+    """The cache file of seed's SFT model (it exists once sft_model has trained it)."""
+    return _cache_path("pref-sft", settings, seed)
+
+
+CACHE_KEYS = {   # the settings each cached stage depends on: changing a preference setting keeps the SFT models
+    "pref-clip": ("world", "image_size", "pool", "clip_steps", "clip_batch"),
+    "pref-sft": ("world", "image_size", "pool", "clip_steps", "clip_batch", "sft_steps", "sft_images", "sft_lr",
+                 "questions_per_scene", "question_weights", "yes_no_per_scene", "hallucination_rate"),
+}
+CACHE_KEYS["pref-ref"] = CACHE_KEYS["pref-sft"] + ("pair_scenes",)
+
+
 def _cache_path(kind, settings, seed):
-    key = json.dumps({"kind": kind, "settings": settings, "seed": seed, "version": __version__}, sort_keys=True,
+    used = {name: settings[name] for name in CACHE_KEYS[kind]}
+    key = json.dumps({"kind": kind, "settings": used, "seed": seed, "version": __version__}, sort_keys=True,
                      default=list)
     return os.path.join(pretrained.cache_dir(), f"{kind}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt")
 
@@ -170,7 +187,7 @@ def sft_model(seed, settings=SETTINGS):
     examples, rate = sft_examples(scenes, settings)
     torch.manual_seed(seed)
     model = Llava(vlm_config())
-    path = _cache_path("pref-sft", settings, seed)
+    path = sft_path(seed, settings)
     try:
         load_checkpoint(path, model)
         return model.eval(), rate
@@ -225,6 +242,23 @@ def reference_logps(reference, data, batch=500):
     parts = [completion_logps(reference, data.rows(torch.arange(s, min(s + batch, len(data)))))[:2]
              for s in range(0, len(data), batch)]
     return torch.cat([c for c, _ in parts]), torch.cat([r for _, r in parts])
+
+
+def sft_reference(seed, data, settings=SETTINGS):
+    """(SFT model, its hallucination rate, its reference_logps on `data`), the log-probabilities cached with it."""
+    sft, rate = sft_model(seed, settings)
+    path = _cache_path("pref-ref", settings, seed)
+    try:
+        ref = torch.load(path, weights_only=True)
+        if isinstance(ref, tuple) and len(ref) == 2 and all(len(r) == len(data) for r in ref):
+            return sft, rate, ref
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError):       # absent, cut off, or not ours
+        pass
+    ref = reference_logps(sft, data)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    torch.save(ref, f"{path}.tmp{os.getpid()}")
+    os.replace(f"{path}.tmp{os.getpid()}", path)
+    return sft, rate, ref
 
 
 def preference_tune(sft, method, seed, data, ref_logps, settings=SETTINGS):
@@ -287,14 +321,18 @@ def captions(model, data, temperature=0.0, seed=0):
 
 def evaluate(model, data, seed=0):
     """{"greedy": CHAIR, "sampled": CHAIR (temperature 1), "pope": {setting: scores, "other": % answers neither
-    yes nor no}, "vqa": accuracies}, in %."""
-    metrics = {"greedy": chair(captions(model, data), data.scenes),
-               "sampled": chair(captions(model, data, 1.0, seed), data.scenes), "pope": {}}
+    yes nor no}, "vqa": accuracies}, in %; "examples": the first captions of each kind and answers neither
+    yes nor no, (question, answer)."""
+    greedy, sampled = captions(model, data), captions(model, data, 1.0, seed)
+    metrics = {"greedy": chair(greedy, data.scenes), "sampled": chair(sampled, data.scenes), "pope": {},
+               "examples": {"greedy": greedy[:EXAMPLES], "sampled": sampled[:EXAMPLES], "pope_other": []}}
     for setting, asked in data.pope.items():
         answers = answer_questions(model, TOKENIZER, data.images, [qa.question for _, qa in asked],
                                    torch.tensor([i for i, _ in asked]), max_new_tokens=2)
         metrics["pope"][setting] = pope_scores(answers, [qa.answer for _, qa in asked])
-        metrics["pope"][setting]["other"] = 100 * sum(a not in ("yes", "no") for a in answers) / len(answers)
+        other = [(qa.question, a) for (_, qa), a in zip(asked, answers) if a not in ("yes", "no")]
+        metrics["pope"][setting]["other"] = 100 * len(other) / len(answers)
+        metrics["examples"]["pope_other"] += other[:EXAMPLES - len(metrics["examples"]["pope_other"])]
     accuracy = vqa_accuracy(model, TOKENIZER, data.images, data.vqa)
     metrics["vqa"] = {k: 100 * v for k, v in accuracy.items() if k != "n"}
     return metrics
@@ -314,8 +352,7 @@ def run_jobs(jobs, settings=SETTINGS, threads=None):
     pairs, test, results, cached = PairData(settings), TestData(settings), [], {}
     for seed, name, method in jobs:
         if seed not in cached:
-            sft, rate = sft_model(seed, settings)
-            cached = {seed: (sft, rate, reference_logps(sft, pairs))}
+            cached = {seed: sft_reference(seed, pairs, settings)}
         sft, rate, ref = cached[seed]
         if method is None:
             model, history = sft, {"sft_hallucination_rate": rate}
@@ -329,8 +366,7 @@ def run_jobs(jobs, settings=SETTINGS, threads=None):
 
 def _prepare(seed, settings):
     torch.set_num_threads(1)
-    clip_tower(settings)
-    sft_model(seed, settings)
+    sft_reference(seed, PairData(settings), settings)
     return seed
 
 

@@ -1,6 +1,7 @@
 """Chapter 10's pipeline at a tiny scale: SFT data, pair batches, the policy against its frozen reference, runs."""
 
 import math
+import os
 
 import pytest
 import torch
@@ -67,6 +68,11 @@ def test_completion_logps_are_the_rows_own_and_the_nll_is_the_chosen_rows_loss()
         torch.testing.assert_close(rejected, sequence_logps(other.logits, other.labels))
 
 
+def test_the_sft_cache_ignores_the_preference_settings_only():
+    assert pt.sft_path(0, dict(TINY, pref_lr=1.0, pref_steps=9, test_scenes=3)) == pt.sft_path(0, TINY)
+    assert pt.sft_path(0, dict(TINY, sft_steps=3)) != pt.sft_path(0, TINY) != pt.sft_path(1, TINY)
+
+
 def test_methods_and_their_bad_input():
     assert pt.METHODS["MPO"].weights == (0.8, 0.2, 1.0) and pt.METHODS["MPO without SFT"].weights[2] == 0
     with pytest.raises(ValueError, match="loss must be"):
@@ -76,8 +82,9 @@ def test_methods_and_their_bad_input():
 
 
 def test_sft_is_cached_and_preference_tuning_leaves_the_reference_as_it_was(cache, monkeypatch):
+    assert not os.path.exists(pt.sft_path(0, TINY))
     sft, rate = pt.sft_model(0, TINY)
-    assert 0 <= rate <= 1
+    assert 0 <= rate <= 1 and os.path.exists(pt.sft_path(0, TINY))
     with monkeypatch.context() as patched:
         patched.setattr(pt, "fit", lambda *args, **kwargs: pytest.fail("a cached model was trained again"))
         again, _ = pt.sft_model(0, TINY)
@@ -85,6 +92,9 @@ def test_sft_is_cached_and_preference_tuning_leaves_the_reference_as_it_was(cach
 
     data = pt.PairData(TINY)
     ref = pt.reference_logps(sft, data)
+    for _ in range(2):                                         # computed, then read from the cache
+        _, _, cached = pt.sft_reference(0, data, TINY)
+        assert all(torch.equal(a, b) for a, b in zip(ref, cached))
     before = {k: v.clone() for k, v in sft.state_dict().items()}
     policy, history = pt.preference_tune(sft, pt.METHODS["DPO"], 0, data, ref, TINY)
     assert all(torch.equal(before[k], v) for k, v in sft.state_dict().items())
@@ -100,11 +110,12 @@ def test_sft_is_cached_and_preference_tuning_leaves_the_reference_as_it_was(cach
 def test_evaluate_scores_captions_pope_and_vqa(cache):
     sft, _ = pt.sft_model(0, TINY)
     metrics = pt.evaluate(sft, pt.TestData(TINY))
-    assert set(metrics) == {"greedy", "sampled", "pope", "vqa"} and set(metrics["pope"]) == set(POPE_SETTINGS)
+    assert set(metrics) == {"greedy", "sampled", "pope", "vqa", "examples"} and set(metrics["pope"]) == set(POPE_SETTINGS)
     for setting in POPE_SETTINGS:
         scores = metrics["pope"][setting]
         assert 0 <= scores["accuracy"] <= 100 and 0 <= scores["yes_ratio"] + scores["other"] <= 100
     assert 0 <= metrics["greedy"]["CHAIR_s"] <= 100 and 0 <= metrics["vqa"]["all"] <= 100
+    assert len(metrics["examples"]["sampled"]) == min(pt.EXAMPLES, TINY["test_scenes"])
 
 
 def test_run_all_in_workers_gives_the_results_of_running_here(cache):
