@@ -340,6 +340,11 @@ def evaluate(model, data, seed=0):
 
 def jobs_for(seed, methods=tuple(METHODS), betas=BETAS):
     """[(seed, name, Method)]: the SFT row (Method None), each method at β = 0.1, the other βs of DPO."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seeds must be ints, got {seed!r}")
+    unknown = [name for name in methods if name not in METHODS]
+    if unknown:
+        raise ValueError(f"methods must be names in {tuple(METHODS)}, got {unknown}")
     jobs = [(seed, "SFT", None)] + [(seed, name, METHODS[name]) for name in methods]
     jobs += [(seed, "DPO", Method("sigmoid", beta)) for beta in betas if beta != Method().beta]
     return jobs
@@ -374,6 +379,11 @@ def run_all(seeds=(0, 1, 2), methods=tuple(METHODS), betas=BETAS, settings=SETTI
     """Every seed's jobs (jobs_for) -> their results, in order. With workers > 0, in that many processes (one
     torch thread each): the CLIP tower first, then each seed's SFT model, then each seed's runs in two halves,
     handed out as the SFT models are ready. Every job is seeded by itself: the results do not depend on workers."""
+    missing = [name for name in SETTINGS if name not in settings]
+    if missing:
+        raise ValueError(f"settings lacks {missing}: start from dict(preference_tuning.SETTINGS, ...)")
+    if not seeds:
+        raise ValueError("seeds is empty: give at least one seed")
     jobs = [job for seed in seeds for job in jobs_for(seed, methods, betas)]
     if workers == 0:
         return run_jobs(jobs, settings)

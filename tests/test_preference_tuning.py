@@ -79,6 +79,16 @@ def test_methods_and_their_bad_input():
         pt.Method("hinge")
     with pytest.raises(ValueError, match="beta must be a positive"):
         pt.Method("sigmoid", beta=0)
+    with pytest.raises(ValueError, match="beta must be a positive"):
+        pt.run_all((0,), betas=(0.1, -1.0), workers=0)
+    with pytest.raises(ValueError, match="methods must be names in"):
+        pt.run_all((0,), methods=("DPO", "KTO"), workers=0)
+    with pytest.raises(ValueError, match="seeds must be ints"):
+        pt.run_all(("0",), workers=0)
+    with pytest.raises(ValueError, match="seeds is empty"):
+        pt.run_all((), workers=0)
+    with pytest.raises(ValueError, match=r"settings lacks \['pool'\]"):
+        pt.run_all((0,), settings={k: v for k, v in TINY.items() if k != "pool"}, workers=0)
 
 
 def test_sft_is_cached_and_preference_tuning_leaves_the_reference_as_it_was(cache, monkeypatch):
