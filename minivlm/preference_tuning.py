@@ -41,13 +41,11 @@ from multiprocessing import get_context
 import torch
 
 from . import __version__, pretrained
-from .contrastive import contrastive_loss
-from .data import ShapesGenerator, Tokenizer, WorldConfig, caption, sample_vqa
+from .data import ShapesGenerator, Tokenizer, WorldConfig, image_row_batches, sample_vqa
 from .data.hallucination import (CAPTION_QUESTION, HALLUCINATION_RATE, POPE_SETTINGS, chair, noisy_caption,
                                  pope_questions, pope_scores, preference_pairs)
 from .evaluate import vqa_accuracy
 from .lm import IGNORE_INDEX
-from .models.clip import CLIP, CLIPConfig
 from .models.llava import Llava, LlavaConfig, answer_questions, decode_answers, encode_chat
 from .preference import MPO_WEIGHTS, RunningMean, check_beta, dpo_loss, mpo_loss, sequence_logps
 from .train import TrainConfig, fit, load_checkpoint, save_checkpoint
@@ -96,7 +94,6 @@ def sft_path(seed, settings=SETTINGS):
 
 
 CACHE_KEYS = {   # the settings each cached stage depends on: changing a preference setting keeps the SFT models
-    "pref-clip": ("world", "image_size", "pool", "clip_steps", "clip_batch"),
     "pref-sft": ("world", "image_size", "pool", "clip_steps", "clip_batch", "sft_steps", "sft_images", "sft_lr",
                  "questions_per_scene", "question_weights", "yes_no_per_scene", "hallucination_rate"),
 }
@@ -138,47 +135,9 @@ def encode_examples(examples):
 
 
 def clip_tower(settings=SETTINGS):
-    """The CLIP image tower (ViT) of stage 0, trained on the pool's captions (seed 0), cached."""
-    config = vlm_config()
-    torch.manual_seed(0)
-    clip = CLIP(CLIPConfig(vision=config.vision_config(), vocab_size=len(TOKENIZER), text_dim=64, text_depth=2,
-                           text_causal=False, text_pool="mean", embed_dim=64))
-    path = _cache_path("pref-clip", settings, 0)
-    try:
-        load_checkpoint(path, clip)
-        return clip.vision
-    except (FileNotFoundError, ValueError):
-        pass
-    scenes, images = train_scenes(settings)
-    ids, mask = TOKENIZER.batch_encode([caption(scenes, i) for i in range(len(scenes))], add_eos=True)
-    normalized, size = Llava(config).normalize(images), settings["clip_batch"]
-
-    def batch(step):
-        rows = slice(start := (step * size) % (len(images) - size + 1), start + size)
-        length = int(mask[rows].sum(1).max())
-        return normalized[rows], ids[rows, :length], mask[rows, :length]
-
-    fit(clip, batch, lambda m, b: contrastive_loss(*m(*b, validate=False)),
-        TrainConfig(steps=settings["clip_steps"], lr=3e-3, warmup_steps=40, device="cpu", progress=False))
-    save_checkpoint(path, clip)
-    return clip.vision
-
-
-def row_batches(batch, per_step, seed):
-    """get_batch(step) for `fit`: `per_step` random images and all their rows, cut to the longest real row."""
-    image_index = batch["image_index"]
-    first = torch.searchsorted(image_index, torch.arange(int(image_index.max()) + 2)).tolist()
-    lengths = batch["attention_mask"].sum(1)
-
-    def get(step, images):
-        chosen = torch.randperm(len(first) - 1, generator=torch.Generator().manual_seed(seed * 100_003 + step))[:per_step]
-        rows = torch.cat([torch.arange(first[i], first[i + 1]) for i in chosen.tolist()])
-        length = int(lengths[rows].max())
-        remap = torch.empty(len(first) - 1, dtype=torch.long)
-        remap[chosen] = torch.arange(len(chosen))
-        return (images[chosen], batch["input_ids"][rows, :length], batch["attention_mask"][rows, :length],
-                batch["labels"][rows, :length], remap[image_index[rows]])
-    return get
+    """The CLIP image tower (ViT) of stage 0, trained on the pool's captions (seed 0), cached (pretrained.py)."""
+    return pretrained.vision_tower(vlm_config().vision_config(), WorldConfig(**settings["world"]), settings["pool"],
+                                   settings["clip_steps"], settings["clip_batch"])
 
 
 def sft_model(seed, settings=SETTINGS):
@@ -195,7 +154,7 @@ def sft_model(seed, settings=SETTINGS):
         pass
     model.load_vision_tower(clip_tower(settings)).load_language_model(pretrained.language_model(device="cpu"))
     model.set_stage(2)
-    get = row_batches(encode_examples(examples), settings["sft_images"], seed)
+    get = image_row_batches(encode_examples(examples), settings["sft_images"], seed)
     fit(model, lambda step: get(step, images), lambda m, b: m(*b, validate=False).loss,
         TrainConfig(steps=settings["sft_steps"], lr=settings["sft_lr"], warmup_steps=30, seed=seed, device="cpu",
                     progress=False))

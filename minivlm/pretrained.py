@@ -1,4 +1,4 @@
-"""A pretrained language model, to be kept frozen: chapter 04's LM trained on Shapes text.
+"""Pretrained models, to be kept frozen: chapter 04's LM trained on Shapes text, and a CLIP image tower.
 
 LLaVA (arXiv 2304.08485), BLIP-2 (arXiv 2301.12597) and Flamingo (arXiv 2204.14198) all start
 from a language model that already knows its language, and keep it frozen while a connector
@@ -19,6 +19,10 @@ are cached under $MINIVLM_CACHE (default ~/.cache/minivlm), in a file named by a
 LM config, the recipe, the seed and the package version. A file that does not load (cut off,
 or from elsewhere) is trained again and replaced. The model comes back in eval mode with every
 parameter frozen (requires_grad=False); unfreeze it for LLaVA's stage 2.
+
+`vision_tower(vision_config, world, pool, steps)` is the other half, for the chapters that start
+from both (10, 11): chapter 03's CLIP trained on the captions of `pool` train-split scenes, its
+image tower returned frozen, cached the same way.
 """
 
 import hashlib
@@ -30,12 +34,15 @@ from dataclasses import asdict
 import torch
 
 from . import __version__
-from .data import Tokenizer, WorldConfig, caption, sample_scenes, sample_vqa
+from .contrastive import contrastive_loss
+from .data import ShapesGenerator, Tokenizer, WorldConfig, caption, sample_scenes, sample_vqa
 from .lm import LanguageModel, LMConfig
-from .models.llava import chat_prompt
+from .models.clip import CLIP, CLIPConfig
+from .models.llava import LlavaConfig, chat_prompt
 from .train import TrainConfig, fit, load_checkpoint, pick_device, save_checkpoint, seed_everything
 
 PRETRAIN = dict(steps=800, batch_size=64, lr=3e-3, warmup_steps=30, scenes=5_000, questions_per_scene=4)
+CLIP_RECIPE = dict(lr=3e-3, warmup_steps=40, text_dim=64, text_depth=2, embed_dim=64)
 
 
 def default_config(tokenizer=None):
@@ -109,3 +116,36 @@ def language_model(config=None, seed=0, device=None, progress=False):
         save_checkpoint(path, model.cpu(), step=PRETRAIN["steps"], history=history,
                         extra={"config": asdict(config), "recipe": PRETRAIN, "seed": seed, "version": __version__})
     return model.to(pick_device(device)).eval().requires_grad_(False)
+
+
+def vision_tower(vision_config, world=WorldConfig(), pool=2_000, steps=150, batch_size=64, seed=0):
+    """A CLIP image tower (ViT) of `vision_config`'s shape, from the cache or trained now (chapter 03's recipe)
+    on the captions of `pool` train-split scenes of `world` -> the ViT on the CPU, in eval mode, frozen."""
+    tokenizer = Tokenizer()
+    key = json.dumps({"vision": asdict(vision_config), "world": asdict(world), "pool": pool, "steps": steps,
+                      "batch_size": batch_size, "recipe": CLIP_RECIPE, "seed": seed, "version": __version__},
+                     sort_keys=True, default=list)
+    path = os.path.join(cache_dir(), f"clip-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt")
+    torch.manual_seed(seed)
+    clip = CLIP(CLIPConfig(vision=vision_config, vocab_size=len(tokenizer), text_dim=CLIP_RECIPE["text_dim"],
+                           text_depth=CLIP_RECIPE["text_depth"], text_causal=False, text_pool="mean",
+                           embed_dim=CLIP_RECIPE["embed_dim"]))
+    try:
+        load_checkpoint(path, clip)
+    except (FileNotFoundError, ValueError):
+        scenes, images = ShapesGenerator(world, vision_config.image_size, "train", seed=seed).batch(pool)
+        ids, mask = tokenizer.batch_encode([caption(scenes, i) for i in range(pool)], add_eos=True)
+        mean = torch.tensor(LlavaConfig.pixel_mean)[:, None, None]
+        std = torch.tensor(LlavaConfig.pixel_std)[:, None, None]
+        standardised, size = (images - mean) / std, min(batch_size, pool)   # what the VLMs' ViT reads
+
+        def batch(step):
+            start = (step * size) % (pool - size + 1)
+            length = int(mask[start:start + size].sum(1).max())
+            return standardised[start:start + size], ids[start:start + size, :length], mask[start:start + size, :length]
+
+        fit(clip, batch, lambda m, b: contrastive_loss(*m(*b, validate=False)),
+            TrainConfig(steps=steps, lr=CLIP_RECIPE["lr"], warmup_steps=min(CLIP_RECIPE["warmup_steps"], steps),
+                        device="cpu", seed=seed, progress=False))
+        save_checkpoint(path, clip, step=steps, extra={"kind": "clip", "seed": seed, "version": __version__})
+    return clip.vision.eval().requires_grad_(False)

@@ -97,3 +97,19 @@ def test_a_llava_model_loads_the_pretrained_lm_and_refuses_another_shape(cache):
     assert model.lm.lm_head.weight.requires_grad          # a copy: the VLM's stage decides what trains
     with pytest.raises(ValueError, match="does not match"):
         Llava(LlavaConfig(vocab_size=SMALL.vocab_size, text_dim=32)).load_language_model(lm)
+
+
+def test_the_vision_tower_trains_once_then_loads_frozen(cache, monkeypatch):
+    from minivlm.vit import ViTConfig
+    config = ViTConfig(image_size=32, patch_size=8, dim=16, depth=1, heads=2)
+    world = WorldConfig(max_objects=1)
+    first = pretrained.vision_tower(config, world, pool=40, steps=3, batch_size=8)
+    assert not first.training and not any(p.requires_grad for p in first.parameters())
+    def no_training(*args, **kwargs):
+        raise RuntimeError("trained")
+
+    monkeypatch.setattr(pretrained, "fit", no_training)
+    again = pretrained.vision_tower(config, world, pool=40, steps=3, batch_size=8)
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values()))
+    with pytest.raises(RuntimeError, match="trained"):                    # another recipe: another file, trained
+        pretrained.vision_tower(config, world, pool=40, steps=4, batch_size=8)

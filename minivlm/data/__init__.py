@@ -6,7 +6,7 @@ from .world import (
 )
 from .render import render
 from .text import QA, QUESTION_KINDS, caption, questions, sample_qa, sample_vqa, world_vocabulary
-from .datasets import ShapesDataset, ShapesGenerator, collate_examples
+from .datasets import ShapesDataset, ShapesGenerator, collate_examples, image_row_batches
 from .tokenizer import SPECIAL_TOKENS, Tokenizer
 from .documents import (
     END_OF_CHUNK, EPISODE_QUESTION, RULES, Document, Episode, encode_interleaved, few_shot_episodes,

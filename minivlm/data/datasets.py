@@ -3,6 +3,7 @@
     ShapesDataset(split, length)[i]  -> {"image": (3, H, W), "caption": str, "qa": list[QA], "index": i}
     collate_examples(examples)       -> {"image": (B, 3, H, W), "caption", "qa", "index": (B,)}
     ShapesGenerator(...).batch(B)    -> (SceneBatch of (B, N) tensors, images (B, 3, H, W)), an endless seeded stream
+    image_row_batches(batch, k, seed) -> get(step, images): k random images and all their chat rows, for `fit`
 """
 
 import random
@@ -65,3 +66,27 @@ class ShapesGenerator:
 
     def load_state_dict(self, state):
         self.generator.set_state(state["generator"])
+
+
+def image_row_batches(batch, images_per_step, seed):
+    """get(step, images) -> (images (k, 3, H, W), input_ids, attention_mask, labels, image_index (rows,)): k random
+    images of a pool and every row of `batch` about them, cut to the longest real row; a pure function of the step.
+
+    batch: chat tensors {"input_ids", "attention_mask", "labels", "image_index"} (rows, L), each image's rows
+    together (image_index sorted), as models/llava.py's encode_chat + an image index make them."""
+    image_index = batch["image_index"]
+    if len(image_index) > 1 and bool((image_index[1:] < image_index[:-1]).any()):
+        raise ValueError("batch['image_index'] must be sorted: each image's rows together")
+    first = torch.searchsorted(image_index, torch.arange(int(image_index.max()) + 2)).tolist()
+    lengths = batch["attention_mask"].sum(1)
+
+    def get(step, images):
+        order = torch.Generator().manual_seed(seed * 100_003 + step)
+        chosen = torch.randperm(len(first) - 1, generator=order)[:images_per_step]
+        rows = torch.cat([torch.arange(first[i], first[i + 1]) for i in chosen.tolist()])
+        length = int(lengths[rows].max())
+        remap = torch.empty(len(first) - 1, dtype=torch.long)
+        remap[chosen] = torch.arange(len(chosen))
+        return (images[chosen], batch["input_ids"][rows, :length], batch["attention_mask"][rows, :length],
+                batch["labels"][rows, :length], remap[image_index[rows]])
+    return get
