@@ -7,6 +7,11 @@
         (chapter 05; the recipe is `minivlm/tour.py`)
     minivlm ask --checkpoint PATH --question "how many red shapes are there ?" [--image FILE | --seed S]
         answers a question about a freshly rendered scene (or an image file) with a saved model
+    minivlm capstone [--seeds 0 1 2] [--connectors linear mlp ...] [--steps N] [--workers 2] [--out capstone]
+        trains every connector of the course (linear, MLP, pixel unshuffle, Q-Former, Perceiver,
+        gated cross-attention) on the same data from the same frozen ViT and LM, for the same steps,
+        and writes the table (capstone.csv, capstone.json) and the Pareto plot (capstone.png) to --out
+        (chapter 11; the experiment is `minivlm/capstone.py`)
     minivlm exercises [--check]
         regenerates exercises/ from solutions/ (see minivlm/course/exercises.py)
     minivlm grade PATH... [--only ID] [--json FILE] [--min-score PERCENT] [--timeout S]
@@ -154,6 +159,37 @@ def ask(args):
     return 0
 
 
+# ----------------------------------------------------------------------------- capstone
+
+def capstone(args):
+    """Train every connector under one budget, print the table, write capstone.{json,csv,png} to --out."""
+    from .capstone import CONNECTORS, SCALES, format_table, run_connectors, summarize, write_results
+
+    started = time.perf_counter()
+    settings = dict(SCALES[args.scale])
+    if args.steps is not None:
+        if args.steps < 1:
+            raise CLIError(f"--steps must be >= 1, got {args.steps}")
+        settings["steps"] = args.steps
+    if args.workers < 0:
+        raise CLIError(f"--workers must be >= 0 (0: run here), got {args.workers}")
+    if len(set(args.seeds)) != len(args.seeds):
+        raise CLIError(f"--seeds must be distinct, got {args.seeds}")
+    unknown = [c for c in args.connectors if c not in CONNECTORS]
+    if unknown:
+        raise CLIError(f"--connectors must be among {', '.join(CONNECTORS)}; got {', '.join(unknown)}")
+    if os.path.isfile(args.out):
+        raise CLIError(f"--out {args.out} is a file; give a directory")
+    _check_writable(os.path.join(args.out, "capstone.json"), "--out")
+    print(f"{len(args.connectors)} connectors x {len(args.seeds)} seeds, {settings['steps']} steps each "
+          f"({args.scale} scale, {args.workers or 'no'} worker processes)", flush=True)
+    results = run_connectors(tuple(args.seeds), tuple(args.connectors), settings, args.workers, progress=not args.quiet)
+    print(format_table(summarize(results)))
+    paths = write_results(results, args.out)
+    print(f"wrote {', '.join(paths.values())} in {time.perf_counter() - started:.0f} s")
+    return 0
+
+
 # ----------------------------------------------------------------------------- helpers
 
 def _check_writable(path, flag):
@@ -210,6 +246,17 @@ def main(argv=None):
     ask_parser.add_argument("--device", default=None)
     ask_parser.add_argument("--out", default="ask.png", help="where to save the image and answer (default: ask.png)")
     ask_parser.add_argument("--show", action="store_true", help="also open the figure in a window")
+    from .capstone import CONNECTORS, SCALES
+    capstone_parser = commands.add_parser("capstone", help="every connector under one budget: table and Pareto plot")
+    capstone_parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    capstone_parser.add_argument("--connectors", nargs="+", default=list(CONNECTORS), metavar="NAME",
+                                 help=f"some of {', '.join(CONNECTORS)} (default: all)")
+    capstone_parser.add_argument("--steps", type=int, default=None, help="training steps per run (default: the scale's)")
+    capstone_parser.add_argument("--scale", default="cpu", choices=tuple(SCALES),
+                                 help="cpu (default: a few minutes on 2 cores) or tiny (seconds, a smoke test)")
+    capstone_parser.add_argument("--workers", type=int, default=2, help="processes, one thread each (0: run here)")
+    capstone_parser.add_argument("--out", default="capstone", help="directory for capstone.json/.csv/.png")
+    capstone_parser.add_argument("--quiet", action="store_true", help="no line per finished run")
     commands.add_parser("exercises", help="regenerate exercises/ from solutions/", add_help=False)
     commands.add_parser("grade", help="execute learner notebooks and grade them with the course's checks",
                         add_help=False)
@@ -223,7 +270,7 @@ def main(argv=None):
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
-        return tour(args) if args.command == "tour" else ask(args)
+        return {"tour": tour, "ask": ask, "capstone": capstone}[args.command](args)
     except CLIError as error:
         raise SystemExit(f"minivlm {args.command}: {error}") from None
 

@@ -16,3 +16,19 @@ def grade(capsys):
 def fixed_check_seed(monkeypatch):
     """Checks draw random sizes (minivlm.course.grading.check_rng); tests pin the draw. A test may set its own."""
     monkeypatch.setenv("MINIVLM_CHECK_SEED", "0")
+
+
+@pytest.fixture
+def lm_cache(tmp_path, monkeypatch):
+    """An empty model cache holding an untrained stand-in for the pretrained LM (no 30 s of pretraining in a test)."""
+    import torch
+
+    from minivlm import pretrained
+    from minivlm.lm import LanguageModel
+    from minivlm.train import save_checkpoint
+
+    monkeypatch.setenv("MINIVLM_CACHE", str(tmp_path))
+    config = pretrained.default_config()
+    torch.manual_seed(0)
+    save_checkpoint(pretrained.cache_path(config, 0), LanguageModel(config))
+    return tmp_path

@@ -6,25 +6,17 @@ import os
 import pytest
 import torch
 
-from minivlm import pretrained
 from minivlm import preference_tuning as pt
 from minivlm.data.hallucination import CAPTION_QUESTION, POPE_SETTINGS
-from minivlm.lm import LanguageModel
 from minivlm.preference import sequence_logps
-from minivlm.train import save_checkpoint
 
 TINY = dict(pt.SETTINGS, pool=32, clip_steps=2, clip_batch=8, sft_steps=2, sft_images=4, pair_scenes=6,
             pref_steps=3, pairs_per_step=4, test_scenes=6, caption_tokens=12)
 
 
 @pytest.fixture
-def cache(tmp_path, monkeypatch):
-    """An empty cache holding an untrained stand-in for the pretrained LM (no 30 s of pretraining in a test)."""
-    monkeypatch.setenv("MINIVLM_CACHE", str(tmp_path))
-    config = pretrained.default_config()
-    torch.manual_seed(0)
-    save_checkpoint(pretrained.cache_path(config, 0), LanguageModel(config))
-    return tmp_path
+def cache(lm_cache):
+    return lm_cache
 
 
 def test_the_sft_data_has_one_noisy_caption_per_scene_and_balanced_yes_no():
