@@ -14,7 +14,8 @@ Training FLOPs are counted analytically from the batches each recipe really make
 from `minivlm.tour.TourData`, no training): 2 FLOPs per weight of every linear layer (and the
 patch-embedding conv) per token it sees, and 4·L·S·D per attention layer for QKᵀ and AV;
 ×3 where a backward pass runs (trained modules), ×1 for the ViT frozen in stage 2. Norms,
-activations, softmax and the optimiser are left out: they are a few percent at these sizes.
+activations, softmax and the optimiser are left out: they are a few percent at these sizes (the
+conventions of minivlm/flops.py, whose counters this uses).
 """
 
 import argparse
@@ -28,22 +29,11 @@ import tempfile
 import time
 
 import torch
-import torch.nn as nn
 
 from minivlm.data import QUESTION_KINDS, Tokenizer
+from minivlm.flops import blocks_forward_flops, matmul_weights
 from minivlm.models.llava import Llava
 from minivlm.tour import RECIPES, TourData, settings_for, stage_steps, tour_clip, tour_config
-
-
-def matmul_weights(module):
-    """Weights of the module's linear layers and convolutions: 2 FLOPs each per token they see."""
-    return sum(m.weight.numel() for m in module.modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
-
-
-def transformer_flops(blocks, tokens, length, dim, sequences):
-    """Forward FLOPs of a block stack over `sequences` sequences of `length` tokens (`tokens` in all)."""
-    attention = 4 * length * length * dim * sequences * len(blocks)          # QKᵀ and AV
-    return 2 * matmul_weights(blocks) * tokens + attention
 
 
 def parse_run(name, steps=None):
@@ -65,20 +55,20 @@ def training_flops(recipe, seed, steps=None):
     vit, patches, T = model.vision, config.vision_config().grid_size ** 2, config.num_visual_tokens
 
     def vit_flops(images):
-        return 2 * matmul_weights(vit.patch_embed) * images * patches + transformer_flops(
-            vit.blocks, images * patches, patches, config.vision_dim, images)
+        return 2 * matmul_weights(vit.patch_embed) * images * patches + blocks_forward_flops(
+            vit.blocks, config.vision_dim, images, patches)
 
     clip_total = 0
     for step in range(clip_steps):
         images, ids, _ = data.clip_batch(step)
         b, L = ids.shape
-        text = transformer_flops(clip.text.blocks, b * L, L, clip.config.text_dim, b)
+        text = blocks_forward_flops(clip.text.blocks, clip.config.text_dim, b, L)
         clip_total += 3 * (vit_flops(b) + text)
     vqa_total = 0
     for step in range(steps):
         images, ids, *_ = data.vqa_batch(step)
         rows, S = ids.shape[0], ids.shape[1] - 1 + T
-        lm = transformer_flops(model.lm.blocks, rows * S, S, config.text_dim, rows)
+        lm = blocks_forward_flops(model.lm.blocks, config.text_dim, rows, S)
         lm += 2 * matmul_weights(model.lm.lm_head) * rows * S
         projector = 2 * matmul_weights(model.projector) * len(images) * T
         vqa_total += vit_flops(len(images)) + 3 * (projector + lm)
