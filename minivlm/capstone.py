@@ -41,6 +41,7 @@ from .data import QUESTION_KINDS, ShapesGenerator, Tokenizer, WorldConfig, image
 from .evaluate import encode_vqa, vqa_accuracy
 from .models.blip2 import Blip2
 from .models.flamingo import Flamingo, FlamingoConfig, Idefics2
+from .lm import LMConfig
 from .models.llava import Llava, LlavaConfig
 from .qformer import QFormerConfig
 from .train import TrainConfig, fit
@@ -50,21 +51,37 @@ PAPERS = {"linear": "LLaVA", "mlp": "LLaVA-1.5", "unshuffle": "InternVL-1.5", "q
           "perceiver": "Idefics2", "xattn": "Flamingo"}
 CONNECTOR_LR = {"linear": 3e-3, "mlp": 3e-3, "unshuffle": 3e-3, "qformer": 3e-3,      # chapters 05 and 06
                 "perceiver": 1e-2, "xattn": 1e-2}                                     # chapter 07
+SMALL_VIT = dict(dim=64, depth=2, heads=4)
 SCALES = {
-    # cpu: one-object scenes, 18 runs (6 connectors x 3 seeds) two at a time: a few minutes on 2 cores
+    # cpu: one-object scenes, 18 runs (6 connectors x 3 seeds) two at a time: about a minute on 2 cores
     "cpu": dict(world=dict(max_objects=1), image_size=32, patch_size=8, pool=2_000, clip_steps=150, clip_batch=64,
-                steps=200, images_per_step=16, questions_per_image=4, test_scenes=150, latents=4),
+                steps=200, images_per_step=16, questions_per_image=4, test_scenes=150, latents=4,
+                vision=SMALL_VIT, lm=None, device="cpu"),
+    # gpu: the full world on a 4 x 4 grid at 64 px (64 patches), a 256-wide ViT and LM (the LM pretrained for it
+    # first), 16 latents; runs one after another on the GPU, bf16 autocast through `fit`
+    "gpu": dict(world=dict(grid=4, max_objects=8), image_size=64, patch_size=8, pool=50_000, clip_steps=1_000,
+                clip_batch=256, steps=2_000, images_per_step=64, questions_per_image=4, test_scenes=1_000, latents=16,
+                vision=dict(dim=256, depth=4, heads=8), lm=dict(dim=256, depth=4, heads=8), device="cuda"),
     # tiny: the pipeline end to end in seconds (tests)
     "tiny": dict(world=dict(max_objects=1), image_size=32, patch_size=8, pool=24, clip_steps=2, clip_batch=8,
-                 steps=2, images_per_step=4, questions_per_image=2, test_scenes=4, latents=2),
+                 steps=2, images_per_step=4, questions_per_image=2, test_scenes=4, latents=2,
+                 vision=SMALL_VIT, lm=None, device="cpu"),
 }
 TOKENIZER = Tokenizer()
 
 
+def lm_config(settings):
+    """The frozen LM's config: chapter 04's pretrained LM (lm=None), or one of the given width and depth."""
+    if settings["lm"] is None:
+        return pretrained.default_config(TOKENIZER)
+    return LMConfig(vocab_size=len(TOKENIZER), max_seq_len=128, tie_embeddings=False, **settings["lm"])
+
+
 def llava_config(settings, projector="unshuffle"):
     """Chapter 05's VLM around the pretrained LM: a causal decoder, the ViT of the CLIP tower."""
-    lm = pretrained.default_config(TOKENIZER)
+    lm, vit = lm_config(settings), settings["vision"]
     return LlavaConfig(vocab_size=len(TOKENIZER), image_size=settings["image_size"], patch_size=settings["patch_size"],
+                       vision_dim=vit["dim"], vision_depth=vit["depth"], vision_heads=vit["heads"],
                        projector=projector, text_dim=lm.dim, text_depth=lm.depth, text_heads=lm.heads,
                        max_seq_len=lm.max_seq_len, prefix="causal")
 
@@ -72,6 +89,7 @@ def llava_config(settings, projector="unshuffle"):
 def flamingo_config(settings):
     c = llava_config(settings)
     return FlamingoConfig(vocab_size=c.vocab_size, image_size=c.image_size, patch_size=c.patch_size,
+                          vision_dim=c.vision_dim, vision_depth=c.vision_depth, vision_heads=c.vision_heads,
                           text_dim=c.text_dim, text_depth=c.text_depth, text_heads=c.text_heads,
                           max_seq_len=c.max_seq_len, num_latents=settings["latents"])
 
@@ -110,13 +128,18 @@ def build(connector, settings, vision=None, lm=None):
     else:
         model = (Idefics2 if connector == "perceiver" else Flamingo)(flamingo_config(settings))
     model.load_vision_tower(vision if vision is not None else clip_tower(settings))
-    model.load_language_model(lm if lm is not None else pretrained.language_model(device="cpu"))
+    model.load_language_model(lm if lm is not None else frozen_lm(settings))
     return OneImagePerRow(model) if connector in ("perceiver", "xattn") else model
 
 
 def clip_tower(settings):
     return pretrained.vision_tower(llava_config(settings).vision_config(), WorldConfig(**settings["world"]),
-                                   settings["pool"], settings["clip_steps"], settings["clip_batch"])
+                                   settings["pool"], settings["clip_steps"], settings["clip_batch"],
+                                   device=settings["device"])
+
+
+def frozen_lm(settings):
+    return pretrained.language_model(lm_config(settings), device=settings["device"]).cpu()
 
 
 @functools.lru_cache(maxsize=2)
@@ -155,18 +178,26 @@ def saved_activation_bytes(model, batch):
 def train_connector(connector, seed, settings=SCALES["cpu"], progress=False):
     """One run -> {"connector", "seed", "accuracy": {kind: %}, "tokens", "parameters", "ms_per_step", "memory_mb",
     "loss": per step}."""
+    device = torch.device(settings["device"])
     images, batch, test_images, test_pairs = data(settings)
+    images = images.to(device)                   # the rows stay on the CPU: cutting a batch never waits for a GPU
     torch.manual_seed(seed)
     model = build(connector, settings)
     get = image_row_batches(batch, settings["images_per_step"], seed)
-    history = fit(model, lambda step: get(step, images), lambda m, b: m(*b, validate=False).loss,
+    get_batch = lambda step: tuple(t.to(device, non_blocking=True) for t in get(step, images))
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    history = fit(model, get_batch, lambda m, b: m(*b, validate=False).loss,
                   TrainConfig(steps=settings["steps"], lr=CONNECTOR_LR[connector],
-                              warmup_steps=min(30, settings["steps"]), seed=seed, device="cpu", progress=progress))
+                              warmup_steps=min(30, settings["steps"]), seed=seed, device=str(device),
+                              progress=progress))
+    memory = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
+              else saved_activation_bytes(model, get_batch(0)))
     accuracy = vqa_accuracy(model, TOKENIZER, test_images, test_pairs)
     return {"connector": connector, "seed": seed, "accuracy": {k: 100 * v for k, v in accuracy.items() if k != "n"},
             "tokens": visual_tokens(connector, settings), "parameters": trainable_parameters(model),
-            "ms_per_step": 1000 * history["seconds"] / settings["steps"],
-            "memory_mb": saved_activation_bytes(model, get(0, images)) / 2**20, "loss": history["loss"]}
+            "ms_per_step": 1000 * history["seconds"] / settings["steps"], "memory_mb": memory / 2**20,
+            "loss": history["loss"]}
 
 
 def _run(job, settings, threads):
@@ -179,13 +210,14 @@ def _prepare(kind, settings):
     if kind == "clip":
         clip_tower(settings)
     else:
-        pretrained.language_model(device="cpu")
+        frozen_lm(settings)
 
 
 def run_connectors(seeds=(0, 1, 2), connectors=CONNECTORS, settings=SCALES["cpu"], workers=2, progress=False):
     """Every (connector, seed) run, in order -> [train_connector results]. With workers > 0, in that many spawn
-    processes of one torch thread each (the CLIP tower and the LM prepared first); `progress` prints a line as
-    each run ends (workers > 0) or shows each run's progress bar (workers = 0)."""
+    processes of one torch thread each (the CLIP tower and the LM prepared first); on a GPU (settings["device"]),
+    here, one after another. `progress` prints a line as each run ends (workers > 0) or shows each run's progress
+    bar (here)."""
     unknown = [c for c in connectors if c not in CONNECTORS]
     if unknown or not connectors:
         raise ValueError(f"connectors must be a non-empty subset of {CONNECTORS}, got {list(connectors)}")
@@ -194,8 +226,10 @@ def run_connectors(seeds=(0, 1, 2), connectors=CONNECTORS, settings=SCALES["cpu"
     missing = [name for name in SCALES["cpu"] if name not in settings]
     if missing:
         raise ValueError(f"settings lacks {missing}: start from dict(capstone.SCALES['cpu'], ...)")
+    if torch.device(settings["device"]).type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"settings['device'] is {settings['device']!r} but no CUDA device is available here")
     jobs = [(c, s) for s in seeds for c in connectors]
-    if workers == 0:
+    if workers == 0 or settings["device"] != "cpu":          # one GPU: the runs one after another, here
         return [train_connector(c, s, settings, progress) for c, s in jobs]
     with ProcessPoolExecutor(min(workers, os.cpu_count() or 1), mp_context=get_context("spawn")) as pool:
         for future in [pool.submit(_prepare, kind, settings) for kind in ("clip", "lm")]:

@@ -167,6 +167,10 @@ def capstone(args):
 
     started = time.perf_counter()
     settings = dict(SCALES[args.scale])
+    if settings["device"] == "cuda":
+        import torch
+        if not torch.cuda.is_available():
+            raise CLIError(f"--scale {args.scale} trains on a CUDA device, and there is none here; try --scale cpu")
     if args.steps is not None:
         if args.steps < 1:
             raise CLIError(f"--steps must be >= 1, got {args.steps}")
@@ -253,7 +257,8 @@ def main(argv=None):
                                  help=f"some of {', '.join(CONNECTORS)} (default: all)")
     capstone_parser.add_argument("--steps", type=int, default=None, help="training steps per run (default: the scale's)")
     capstone_parser.add_argument("--scale", default="cpu", choices=tuple(SCALES),
-                                 help="cpu (default: a few minutes on 2 cores) or tiny (seconds, a smoke test)")
+                                 help="cpu (default: about a minute on 2 cores), gpu (the full world, larger "
+                                      "models, on CUDA) or tiny (seconds, a smoke test)")
     capstone_parser.add_argument("--workers", type=int, default=2, help="processes, one thread each (0: run here)")
     capstone_parser.add_argument("--out", default="capstone", help="directory for capstone.json/.csv/.png")
     capstone_parser.add_argument("--quiet", action="store_true", help="no line per finished run")

@@ -118,12 +118,13 @@ def language_model(config=None, seed=0, device=None, progress=False):
     return model.to(pick_device(device)).eval().requires_grad_(False)
 
 
-def vision_tower(vision_config, world=WorldConfig(), pool=2_000, steps=150, batch_size=64, seed=0):
-    """A CLIP image tower (ViT) of `vision_config`'s shape, from the cache or trained now (chapter 03's recipe)
-    on the captions of `pool` train-split scenes of `world` -> the ViT on the CPU, in eval mode, frozen."""
+def vision_tower(vision_config, world=WorldConfig(), pool=2_000, steps=150, batch_size=64, seed=0, device="cpu"):
+    """A CLIP image tower (ViT) of `vision_config`'s shape, from the cache or trained now (chapter 03's recipe, on
+    `device`) on the captions of `pool` train-split scenes of `world` -> the ViT on the CPU, in eval mode, frozen."""
     tokenizer = Tokenizer()
     key = json.dumps({"vision": asdict(vision_config), "world": asdict(world), "pool": pool, "steps": steps,
-                      "batch_size": batch_size, "recipe": CLIP_RECIPE, "seed": seed, "version": __version__},
+                      "batch_size": batch_size, "recipe": CLIP_RECIPE, "seed": seed, "version": __version__,
+                      "device": torch.device(device).type},
                      sort_keys=True, default=list)
     path = os.path.join(cache_dir(), f"clip-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt")
     torch.manual_seed(seed)
@@ -133,19 +134,21 @@ def vision_tower(vision_config, world=WorldConfig(), pool=2_000, steps=150, batc
     try:
         load_checkpoint(path, clip)
     except (FileNotFoundError, ValueError):
-        scenes, images = ShapesGenerator(world, vision_config.image_size, "train", seed=seed).batch(pool)
-        ids, mask = tokenizer.batch_encode([caption(scenes, i) for i in range(pool)], add_eos=True)
-        mean = torch.tensor(LlavaConfig.pixel_mean)[:, None, None]
-        std = torch.tensor(LlavaConfig.pixel_std)[:, None, None]
+        scenes, images = ShapesGenerator(world, vision_config.image_size, "train", seed=seed, device=device).batch(pool)
+        ids, mask = (t.to(device) for t in tokenizer.batch_encode([caption(scenes, i) for i in range(pool)],
+                                                                  add_eos=True))
+        mean = torch.tensor(LlavaConfig.pixel_mean, device=device)[:, None, None]
+        std = torch.tensor(LlavaConfig.pixel_std, device=device)[:, None, None]
         standardised, size = (images - mean) / std, min(batch_size, pool)   # what the VLMs' ViT reads
+        lengths = mask.sum(1).cpu()                                         # cutting batches never waits for a GPU
 
         def batch(step):
             start = (step * size) % (pool - size + 1)
-            length = int(mask[start:start + size].sum(1).max())
+            length = lengths[start:start + size].max().item()
             return standardised[start:start + size], ids[start:start + size, :length], mask[start:start + size, :length]
 
         fit(clip, batch, lambda m, b: contrastive_loss(*m(*b, validate=False)),
             TrainConfig(steps=steps, lr=CLIP_RECIPE["lr"], warmup_steps=min(CLIP_RECIPE["warmup_steps"], steps),
-                        device="cpu", seed=seed, progress=False))
-        save_checkpoint(path, clip, step=steps, extra={"kind": "clip", "seed": seed, "version": __version__})
+                        device=str(device), seed=seed, progress=False))
+        save_checkpoint(path, clip.cpu(), step=steps, extra={"kind": "clip", "seed": seed, "version": __version__})
     return clip.vision.eval().requires_grad_(False)

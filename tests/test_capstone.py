@@ -77,7 +77,8 @@ def test_the_command_line_writes_the_table_and_names_bad_arguments(lm_cache, tmp
     for argv, message in ((["--steps", "0"], "--steps must be >= 1"), (["--workers", "-1"], "--workers must be >= 0"),
                           (["--connectors", "lstm"], "--connectors must be among"),
                           (["--seeds", "1", "1"], "--seeds must be distinct"),
-                          (["--out", str(tmp_path / "a_file")], "is a file")):
+                          (["--out", str(tmp_path / "a_file")], "is a file"),
+                          *([(["--scale", "gpu"], "there is none here")] if not torch.cuda.is_available() else [])):
         with pytest.raises(SystemExit) as stop:
             main(["capstone", "--scale", "tiny", "--workers", "0", "--out", str(tmp_path / "never"), *argv])
         assert message in str(stop.value) and str(stop.value).count("\n") == 0
@@ -93,3 +94,21 @@ def test_bad_input_is_named():
         cs.run_connectors((), settings=TINY, workers=0)
     with pytest.raises(ValueError, match=r"settings lacks \['steps'\]"):
         cs.run_connectors((0,), settings={k: v for k, v in TINY.items() if k != "steps"}, workers=0)
+
+
+def test_a_wider_vit_and_lm_reach_every_connector(lm_cache, monkeypatch):
+    """The gpu scale's plumbing on the CPU: its own ViT and LM widths (the LM pretrained for them, briefly here)."""
+    from minivlm import pretrained
+    monkeypatch.setattr(pretrained, "PRETRAIN", {**pretrained.PRETRAIN, "steps": 2, "scenes": 20})
+    wide = dict(TINY, vision=dict(dim=32, depth=1, heads=2), lm=dict(dim=48, depth=1, heads=4), latents=3)
+    results = cs.run_connectors((0,), cs.CONNECTORS, wide, workers=0)
+    assert [r["tokens"] for r in results] == [16, 16, 4, 3, 3, 0]
+    for connector in cs.CONNECTORS:
+        model = cs.build(connector, wide)
+        inner = model.model if isinstance(model, cs.OneImagePerRow) else model
+        assert inner.vision.config.dim == 32 and inner.lm.config.dim == 48 and inner.lm.config.depth == 1
+    gpu = cs.SCALES["gpu"]
+    assert cs.llava_config(gpu).vision_config().grid_size ** 2 == 64 and cs.visual_tokens("unshuffle", gpu) == 16
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            cs.run_connectors((0,), settings=gpu)
