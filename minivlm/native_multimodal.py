@@ -21,6 +21,7 @@ Every row is expanded and given its M-RoPE ids once (examples()); a step pads it
 and videos for one ViT pass each. Accuracy is teacher-forced greedy exactness, as evaluate.answer_correct.
 
     results = run_recipes(seeds=(0, 1, 2))     # [{"recipe", "seed", "accuracy": {scenario: %}, "loss"}]
+    majority_baseline()                        # {scenario: %} always saying the commonest answer: the floor
 """
 
 import functools
@@ -84,13 +85,15 @@ def encode(config, prompt, answer, images=(), video=None):
 
 
 def _multi_image_question(scenes, i, j, rng):
-    """A question about two scenes together: a count over both, or whether either holds an object."""
+    """A question about two scenes together: a count over both, or whether either holds an object; half the
+    time about an object that is there (so that "zero" and "no" are not the answer to most)."""
     objects = scenes.objects(i) + scenes.objects(j)
     config = scenes.config
+    named = rng.choice(objects) if rng.random() < 0.5 else None
     if rng.random() < 0.5:
-        color = rng.choice(config.colors)
+        color = named["color"] if named else rng.choice(config.colors)
         return f"how many {color} shapes are there ?", NUMBER_WORDS[sum(o["color"] == color for o in objects)]
-    color, shape = rng.choice(config.colors), rng.choice(config.shapes)
+    color, shape = (named["color"], named["shape"]) if named else (rng.choice(config.colors), rng.choice(config.shapes))
     present = any(o["color"] == color and o["shape"] == shape for o in objects)
     article = "an" if color[0] in "aeiou" else "a"
     return f"is there {article} {color} {shape} ?", "yes" if present else "no"
@@ -176,6 +179,20 @@ def accuracy(model, rows, batch_size=256):
         targets, predicted = batch["labels"][:, 1:], logits[:, :-1].argmax(-1)
         right += int(((predicted == targets) | (targets == IGNORE_INDEX)).all(1).sum())
     return 100 * right / len(rows)
+
+
+def majority_baseline(settings=SETTINGS):
+    """{scenario: % of test rows answered right by always giving the commonest training answer of that scenario}."""
+    train, test = examples(settings, "train"), examples(settings, "test")
+    answer = lambda row: tuple(row.ids[row.labels != IGNORE_INDEX].tolist())
+    result = {}
+    for s in SCENARIOS:
+        counts = {}
+        for row in train[s]:
+            counts[answer(row)] = counts.get(answer(row), 0) + 1
+        commonest = max(counts, key=counts.get)
+        result[s] = 100 * sum(answer(row) == commonest for row in test[s]) / len(test[s])
+    return result
 
 
 def train_recipe(recipe, seed, settings=SETTINGS):

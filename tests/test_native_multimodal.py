@@ -60,6 +60,14 @@ def test_a_tiny_run_here_and_in_workers():
     assert nm.run_recipes((0,), settings=TINY, workers=2) == here
 
 
+def test_the_majority_baseline_is_the_share_of_the_commonest_answer():
+    base = nm.majority_baseline(TINY)
+    assert set(base) == set(nm.SCENARIOS) and all(0 <= v <= 100 for v in base.values())
+    multi = [nm.TOKENIZER.decode(r.ids[r.labels != -100][:-1]) for r in nm.examples(dict(TINY, train_examples=400),
+                                                                                   "train")["multi_image"]]
+    assert max(multi.count(a) for a in set(multi)) / len(multi) < 0.6      # not "zero" / "no" to most
+
+
 def test_bad_input_is_named():
     with pytest.raises(ValueError, match="recipe must be one of"):
         nm.run_recipes((0,), recipes=("mixed", "curriculum"), settings=TINY, workers=0)
