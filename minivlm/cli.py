@@ -7,11 +7,12 @@
         (chapter 05; the recipe is `minivlm/tour.py`)
     minivlm ask --checkpoint PATH --question "how many red shapes are there ?" [--image FILE | --seed S]
         answers a question about a freshly rendered scene (or an image file) with a saved model
-    minivlm capstone [--seeds 0 1 2] [--connectors linear mlp ...] [--steps N] [--workers 2] [--out capstone]
+    minivlm capstone [--seeds 0 1 2] [--connectors linear mlp ...] [--steps N] [--workers 2] [--out capstone] [--mixed]
         trains every connector of the course (linear, MLP, pixel unshuffle, Q-Former, Perceiver,
         gated cross-attention) on the same data from the same frozen ViT and LM, for the same steps,
         and writes the table (capstone.csv, capstone.json) and the Pareto plot (capstone.png) to --out
-        (chapter 11; the experiment is `minivlm/capstone.py`)
+        (chapter 11; the experiment is `minivlm/capstone.py`); with --mixed, also InternVL3's mixed
+        text / image / video stream against text first (`minivlm/native_multimodal.py`: mixed.json, mixed.csv)
     minivlm exercises [--check]
         regenerates exercises/ from solutions/ (see minivlm/course/exercises.py)
     minivlm grade PATH... [--only ID] [--json FILE] [--min-score PERCENT] [--timeout S]
@@ -177,6 +178,8 @@ def capstone(args):
         settings["steps"] = args.steps
     if args.workers < 0:
         raise CLIError(f"--workers must be >= 0 (0: run here), got {args.workers}")
+    if args.mixed_steps is not None and (args.mixed_steps < 1 or not args.mixed):
+        raise CLIError(f"--mixed-steps must be >= 1 and goes with --mixed, got {args.mixed_steps}")
     if len(set(args.seeds)) != len(args.seeds):
         raise CLIError(f"--seeds must be distinct, got {args.seeds}")
     unknown = [c for c in args.connectors if c not in CONNECTORS]
@@ -189,8 +192,18 @@ def capstone(args):
           f"({args.scale} scale, {args.workers or 'no'} worker processes)", flush=True)
     results = run_connectors(tuple(args.seeds), tuple(args.connectors), settings, args.workers, progress=not args.quiet)
     print(format_table(summarize(results)))
-    paths = write_results(results, args.out)
-    print(f"wrote {', '.join(paths.values())} in {time.perf_counter() - started:.0f} s")
+    paths = list(write_results(results, args.out).values())
+    if args.mixed:
+        from . import native_multimodal as mixed
+        mixed_settings = dict(mixed.TINY if args.scale == "tiny" else mixed.SETTINGS)
+        if args.mixed_steps is not None:
+            mixed_settings["steps"] = args.mixed_steps
+        print(f"one model for every scenario: mixed vs staged, {len(args.seeds)} seeds, {mixed_settings['steps']} "
+              f"steps each", flush=True)
+        mixed_results = mixed.run_recipes(tuple(args.seeds), settings=mixed_settings, workers=args.workers)
+        print(mixed.format_table(mixed.summarize(mixed_results), mixed.majority_baseline(mixed_settings)))
+        paths += list(mixed.write_results(mixed_results, args.out, mixed_settings).values())
+    print(f"wrote {', '.join(paths)} in {time.perf_counter() - started:.0f} s")
     return 0
 
 
@@ -262,6 +275,10 @@ def main(argv=None):
     capstone_parser.add_argument("--workers", type=int, default=2, help="processes, one thread each (0: run here)")
     capstone_parser.add_argument("--out", default="capstone", help="directory for capstone.json/.csv/.png")
     capstone_parser.add_argument("--quiet", action="store_true", help="no line per finished run")
+    capstone_parser.add_argument("--mixed", action="store_true",
+                                 help="also one model for every scenario: InternVL3's mixed stream vs text first "
+                                      "(minivlm/native_multimodal.py), written to mixed.json/.csv")
+    capstone_parser.add_argument("--mixed-steps", type=int, default=None, help="steps of each --mixed run (default 600)")
     commands.add_parser("exercises", help="regenerate exercises/ from solutions/", add_help=False)
     commands.add_parser("grade", help="execute learner notebooks and grade them with the course's checks",
                         add_help=False)

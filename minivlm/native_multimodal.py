@@ -22,6 +22,7 @@ and videos for one ViT pass each. Accuracy is teacher-forced greedy exactness, a
 
     results = run_recipes(seeds=(0, 1, 2))     # [{"recipe", "seed", "accuracy": {scenario: %}, "loss"}]
     majority_baseline()                        # {scenario: %} always saying the commonest answer: the floor
+    write_results(results, "capstone")         # mixed.json, mixed.csv (`minivlm capstone --mixed` does all three)
 """
 
 import functools
@@ -48,6 +49,7 @@ INTERNVL3_MIX = {"text": 0.40, "image": 0.35, "video": 0.15, "multi_image": 0.10
 RECIPES = ("mixed", "staged")
 SETTINGS = dict(world=dict(max_objects=1), image_size=32, train_examples=2_000, test_examples=200, steps=600,
                 rows_per_step=32, lr=3e-3, text_first=0.4, mix=INTERNVL3_MIX, video_frames=16, frames_read=8)
+TINY = dict(SETTINGS, train_examples=12, test_examples=6, steps=3, rows_per_step=8)      # the pipeline in seconds
 TOKENIZER = Tokenizer()
 
 
@@ -234,3 +236,51 @@ def run_recipes(seeds=(0, 1, 2), recipes=RECIPES, settings=SETTINGS, workers=2):
         return [train_recipe(*job, settings) for job in jobs]
     with ProcessPoolExecutor(min(workers, os.cpu_count() or 1), mp_context=get_context("spawn")) as pool:
         return list(pool.map(_run, jobs, [settings] * len(jobs)))
+
+
+def summarize(results):
+    """One row per recipe: {"recipe", "seeds", "accuracy": {scenario: (mean, sd)}, "mean": (mean, sd) over scenarios}."""
+    rows = []
+    for recipe in RECIPES:
+        runs = [r for r in results if r["recipe"] == recipe]
+        if runs:
+            per_run_mean = [sum(r["accuracy"].values()) / len(SCENARIOS) for r in runs]
+            rows.append({"recipe": recipe, "seeds": [r["seed"] for r in runs],
+                         "accuracy": {s: _mean_sd([r["accuracy"][s] for r in runs]) for s in SCENARIOS},
+                         "mean": _mean_sd(per_run_mean)})
+    return rows
+
+
+def _mean_sd(values):
+    mean = sum(values) / len(values)
+    sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
+    return mean, sd
+
+
+def format_table(rows, baseline):
+    """The summary as text, the majority-answer floor first."""
+    lines = [f"{'recipe':<10}" + "".join(f"{s:>15}" for s in SCENARIOS) + f"{'mean':>15}",
+             f"{'majority':<10}" + "".join(f"{baseline[s]:>15.1f}" for s in SCENARIOS)]
+    for r in rows:
+        lines.append(f"{r['recipe']:<10}" + "".join(f"{m:>8.1f} ± {sd:<4.1f}" for m, sd in r["accuracy"].values())
+                     + f"{r['mean'][0]:>8.1f} ± {r['mean'][1]:<4.1f}")
+    return "\n".join(lines)
+
+
+def write_results(results, out_dir, settings=SETTINGS):
+    """mixed.json (every run, the summary, the floor, the settings) and mixed.csv (the summary) -> their paths."""
+    import csv
+
+    os.makedirs(out_dir, exist_ok=True)
+    rows, baseline = summarize(results), majority_baseline(settings)
+    paths = {name: os.path.join(out_dir, f"mixed.{name}") for name in ("json", "csv")}
+    with open(paths["json"], "w") as f:
+        json.dump({"runs": results, "summary": rows, "majority_baseline": baseline, "settings": settings}, f, indent=1)
+    with open(paths["csv"], "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["recipe", "seeds"] + [f"{s}_{stat}" for s in (*SCENARIOS, "mean") for stat in ("mean", "sd")])
+        writer.writerow(["majority", 0] + [v for s in SCENARIOS for v in (f"{baseline[s]:.2f}", "")] + ["", ""])
+        for r in rows:
+            writer.writerow([r["recipe"], len(r["seeds"])] + [f"{v:.2f}" for s in SCENARIOS for v in r["accuracy"][s]]
+                            + [f"{v:.2f}" for v in r["mean"]])
+    return paths

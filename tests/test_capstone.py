@@ -69,14 +69,17 @@ def test_the_tiny_capstone_runs_end_to_end_here_and_in_workers(lm_cache, tmp_pat
 def test_the_command_line_writes_the_table_and_names_bad_arguments(lm_cache, tmp_path, capsys):
     out = tmp_path / "cap"
     assert main(["capstone", "--scale", "tiny", "--workers", "0", "--seeds", "0", "--connectors", "linear",
-                 "qformer", "--out", str(out), "--quiet"]) == 0
+                 "qformer", "--out", str(out), "--quiet", "--mixed", "--mixed-steps", "2"]) == 0
     printed = capsys.readouterr().out
-    assert "qformer" in printed and "BLIP-2" in printed and "wrote" in printed
-    assert sorted(os.listdir(out)) == ["capstone.csv", "capstone.json", "capstone.png"]
+    assert "qformer" in printed and "BLIP-2" in printed and "wrote" in printed and "majority" in printed
+    assert sorted(os.listdir(out)) == ["capstone.csv", "capstone.json", "capstone.png", "mixed.csv", "mixed.json"]
+    with open(out / "mixed.json") as f:
+        assert json.load(f)["settings"]["steps"] == 2
     (tmp_path / "a_file").write_text("")
     for argv, message in ((["--steps", "0"], "--steps must be >= 1"), (["--workers", "-1"], "--workers must be >= 0"),
                           (["--connectors", "lstm"], "--connectors must be among"),
                           (["--seeds", "1", "1"], "--seeds must be distinct"),
+                          (["--mixed-steps", "5"], "goes with --mixed"), (["--mixed", "--mixed-steps", "0"], ">= 1"),
                           (["--out", str(tmp_path / "a_file")], "is a file"),
                           *([(["--scale", "gpu"], "there is none here")] if not torch.cuda.is_available() else [])):
         with pytest.raises(SystemExit) as stop:

@@ -1,11 +1,13 @@
 """Native multimodal vs staged training: the four scenarios' rows, their batches, the schedules, a tiny run."""
 
+import json
+
 import pytest
 import torch
 
 from minivlm import native_multimodal as nm
 
-TINY = dict(nm.SETTINGS, train_examples=12, test_examples=6, steps=3, rows_per_step=8)
+TINY = nm.TINY
 
 
 def test_each_scenario_is_a_chat_row_with_its_media_expanded_and_scored_on_the_answer_only():
@@ -48,7 +50,7 @@ def test_schedules_share_the_budget_and_the_staged_one_starts_with_text():
         {"image": 0.35, "video": 0.15, "multi_image": 0.10}, 32)
 
 
-def test_a_tiny_run_here_and_in_workers():
+def test_a_tiny_run_here_and_in_workers(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -58,6 +60,17 @@ def test_a_tiny_run_here_and_in_workers():
     assert [r["recipe"] for r in here] == ["mixed", "staged"] and len(here[0]["loss"]) == 3
     assert all(0 <= a <= 100 for r in here for a in r["accuracy"].values())
     assert nm.run_recipes((0,), settings=TINY, workers=2) == here
+    rows = nm.summarize(here)
+    assert [r["recipe"] for r in rows] == ["mixed", "staged"]
+    assert rows[0]["mean"][0] == pytest.approx(sum(here[0]["accuracy"].values()) / 4)
+    table = nm.format_table(rows, nm.majority_baseline(TINY))
+    assert table.splitlines()[1].startswith("majority") and "staged" in table
+    paths = nm.write_results(here, str(tmp_path), TINY)
+    with open(paths["json"]) as f:
+        stored = json.load(f)
+    assert len(stored["runs"]) == 2 and stored["settings"]["steps"] == TINY["steps"]
+    with open(paths["csv"]) as f:
+        assert [line.split(",")[0] for line in f.read().splitlines()] == ["recipe", "majority", "mixed", "staged"]
 
 
 def test_the_majority_baseline_is_the_share_of_the_commonest_answer():
