@@ -245,7 +245,8 @@ def run_connectors(seeds=(0, 1, 2), connectors=CONNECTORS, settings=SCALES["cpu"
     return results
 
 
-def _mean_sd(values):
+def mean_sd(values):
+    """(mean, sample sd) of a list of numbers; sd 0 for one."""
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
@@ -260,9 +261,9 @@ def summarize(results):
         kinds = [k for k in ("all", *QUESTION_KINDS) if k in runs[0]["accuracy"]]
         rows.append({"connector": connector, "paper": PAPERS[connector], "seeds": [r["seed"] for r in runs],
                      "tokens": runs[0]["tokens"], "parameters": runs[0]["parameters"],
-                     "accuracy": {k: _mean_sd([r["accuracy"][k] for r in runs]) for k in kinds},
-                     "ms_per_step": _mean_sd([r["ms_per_step"] for r in runs]),
-                     "memory_mb": _mean_sd([r["memory_mb"] for r in runs])})
+                     "accuracy": {k: mean_sd([r["accuracy"][k] for r in runs]) for k in kinds},
+                     "ms_per_step": mean_sd([r["ms_per_step"] for r in runs]),
+                     "memory_mb": mean_sd([r["memory_mb"] for r in runs])})
     return rows
 
 

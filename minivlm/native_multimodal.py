@@ -25,6 +25,7 @@ and videos for one ViT pass each. Accuracy is teacher-forced greedy exactness, a
     write_results(results, "capstone")         # mixed.json, mixed.csv (`minivlm capstone --mixed` does all three)
 """
 
+import csv
 import functools
 import json
 import os
@@ -35,6 +36,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
+from .capstone import mean_sd
 from .data import NUMBER_WORDS, ShapesGenerator, Tokenizer, WorldConfig, caption, sample_vqa
 from .data.video import VideoConfig, render_video, sample_videos
 from .data.video_text import sample_video_vqa
@@ -246,15 +248,9 @@ def summarize(results):
         if runs:
             per_run_mean = [sum(r["accuracy"].values()) / len(SCENARIOS) for r in runs]
             rows.append({"recipe": recipe, "seeds": [r["seed"] for r in runs],
-                         "accuracy": {s: _mean_sd([r["accuracy"][s] for r in runs]) for s in SCENARIOS},
-                         "mean": _mean_sd(per_run_mean)})
+                         "accuracy": {s: mean_sd([r["accuracy"][s] for r in runs]) for s in SCENARIOS},
+                         "mean": mean_sd(per_run_mean)})
     return rows
-
-
-def _mean_sd(values):
-    mean = sum(values) / len(values)
-    sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
-    return mean, sd
 
 
 def format_table(rows, baseline):
@@ -269,8 +265,6 @@ def format_table(rows, baseline):
 
 def write_results(results, out_dir, settings=SETTINGS):
     """mixed.json (every run, the summary, the floor, the settings) and mixed.csv (the summary) -> their paths."""
-    import csv
-
     os.makedirs(out_dir, exist_ok=True)
     rows, baseline = summarize(results), majority_baseline(settings)
     paths = {name: os.path.join(out_dir, f"mixed.{name}") for name in ("json", "csv")}

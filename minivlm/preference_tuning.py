@@ -9,7 +9,7 @@ VLM small enough for a CPU minute:
       -> stage 0: a CLIP image tower (chapter 03), seed 0, shared by every run
       -> SFT: chapter 05's VLM (the pretrained LM of pretrained.py, a 2x2 unshuffle projector, ViT frozen)
               on one *noisy* caption per scene (data/hallucination.py: 30% name an object that is not
-              there, as web captions do) and three VQA questions ("is there ...?" drawn most often)
+              there, as web captions do), two VQA questions and one "yes" and one "no" question
       -> preference pairs from other train scenes: true vs hallucinated caption, true vs wrong count,
          colour and "is there" answers (preference_pairs)
       -> from the SFT model, `pref_steps` steps of each Method, the SFT model frozen as the reference
