@@ -26,6 +26,7 @@ learning rate of its own chapter (CONNECTOR_LR): what each was shown to learn wi
 
 import csv
 import functools
+import hashlib
 import json
 import os
 import statistics
@@ -158,6 +159,23 @@ def data(settings):
     return _data(json.dumps(settings, sort_keys=True))
 
 
+def majority_baseline(settings=SCALES["cpu"]):
+    """{kind: % of the test questions answered right by always giving the commonest training answer of that kind},
+    and "all": the floor a connector that reads nothing from the image reaches."""
+    world = WorldConfig(**settings["world"])
+    scenes, _ = ShapesGenerator(world, settings["image_size"], "train", seed=0).batch(settings["pool"])
+    train_pairs = sample_vqa(scenes, settings["questions_per_image"], seed=0)      # the questions data() trains on
+    commonest = {}
+    for kind in QUESTION_KINDS:
+        answers = [qa.answer for _, qa in train_pairs if qa.kind == kind]
+        commonest[kind] = max(sorted(set(answers)), key=answers.count) if answers else None
+    test_pairs = data(settings)[3]
+    right = {kind: [qa.answer == commonest[kind] for _, qa in test_pairs if qa.kind == kind] for kind in QUESTION_KINDS}
+    result = {"all": 100 * sum(sum(r) for r in right.values()) / len(test_pairs)}
+    result.update({kind: 100 * sum(r) / len(r) for kind, r in right.items() if r})
+    return result
+
+
 def trainable_parameters(model):
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
@@ -175,14 +193,26 @@ def saved_activation_bytes(model, batch):
     return total
 
 
+def fingerprint(*modules):
+    """16 hex digits of a hash of the modules' weights: which frozen ViT and LM a run stood on."""
+    digest = hashlib.sha256()
+    for module in modules:
+        for name, tensor in sorted(module.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def train_connector(connector, seed, settings=SCALES["cpu"], progress=False):
     """One run -> {"connector", "seed", "accuracy": {kind: %}, "tokens", "parameters", "ms_per_step", "memory_mb",
-    "loss": per step}."""
+    "loss": per step, "frozen": the fingerprint of the frozen ViT and LM}."""
     device = torch.device(settings["device"])
     images, batch, test_images, test_pairs = data(settings)
     images = images.to(device)                   # the rows stay on the CPU: cutting a batch never waits for a GPU
+    vision, lm = clip_tower(settings), frozen_lm(settings)
+    frozen = fingerprint(vision, lm)
     torch.manual_seed(seed)
-    model = build(connector, settings)
+    model = build(connector, settings, vision, lm)
     get = image_row_batches(batch, settings["images_per_step"], seed)
     get_batch = lambda step: tuple(t.to(device, non_blocking=True) for t in get(step, images))
     if device.type == "cuda":
@@ -197,7 +227,7 @@ def train_connector(connector, seed, settings=SCALES["cpu"], progress=False):
     return {"connector": connector, "seed": seed, "accuracy": {k: 100 * v for k, v in accuracy.items() if k != "n"},
             "tokens": visual_tokens(connector, settings), "parameters": trainable_parameters(model),
             "ms_per_step": 1000 * history["seconds"] / settings["steps"], "memory_mb": memory / 2**20,
-            "loss": history["loss"]}
+            "loss": history["loss"], "frozen": frozen}
 
 
 def _run(job, settings, threads):
@@ -302,13 +332,14 @@ def pareto_figure(rows):
     return fig
 
 
-def write_results(results, out_dir):
-    """capstone.json (every run), capstone.csv (the summary) and capstone.png (the Pareto plot) -> their paths."""
+def write_results(results, out_dir, settings=SCALES["cpu"]):
+    """capstone.json (every run, the summary, the settings), capstone.csv (the summary) and capstone.png (the
+    Pareto plot) -> their paths."""
     os.makedirs(out_dir, exist_ok=True)
     rows = summarize(results)
     paths = {name: os.path.join(out_dir, f"capstone.{name}") for name in ("json", "csv", "png")}
     with open(paths["json"], "w") as f:
-        json.dump({"runs": results, "summary": rows}, f, indent=1)
+        json.dump({"runs": results, "summary": rows, "settings": settings}, f, indent=1)
     with open(paths["csv"], "w", newline="") as f:
         writer = csv.writer(f)
         kinds = list(rows[0]["accuracy"])

@@ -192,7 +192,7 @@ def capstone(args):
           f"({args.scale} scale, {args.workers or 'no'} worker processes)", flush=True)
     results = run_connectors(tuple(args.seeds), tuple(args.connectors), settings, args.workers, progress=not args.quiet)
     print(format_table(summarize(results)))
-    paths = list(write_results(results, args.out).values())
+    paths = list(write_results(results, args.out, settings).values())
     if args.mixed:
         from . import native_multimodal as mixed
         mixed_settings = dict(mixed.TINY if args.scale == "tiny" else mixed.SETTINGS)

@@ -14,7 +14,8 @@ its connector has to learn is to put into the LM's embedding space what the capt
 
     lm = language_model(LMConfig(vocab_size=58, dim=64, depth=2, tie_embeddings=False))   # trains once, then loads from the cache
 
-Training takes a fixed number of steps (PRETRAIN["steps"]; about 25 s on a 2-core CPU); the weights
+Training takes a fixed number of steps (PRETRAIN["steps"], on one CPU thread so that every machine trains the
+same model; about 25 s); the weights
 are cached under $MINIVLM_CACHE (default ~/.cache/minivlm), in a file named by a hash of the
 LM config, the recipe, the seed and the package version. A file that does not load (cut off,
 or from elsewhere) is trained again and replaced. The model comes back in eval mode with every
@@ -25,6 +26,7 @@ from both (10, 11): chapter 03's CLIP trained on the captions of `pool` train-sp
 image tower returned frozen, cached the same way.
 """
 
+import contextlib
 import hashlib
 import json
 import os
@@ -41,14 +43,29 @@ from .models.clip import CLIP, CLIPConfig
 from .models.llava import LlavaConfig, chat_prompt
 from .train import TrainConfig, fit, load_checkpoint, pick_device, save_checkpoint, seed_everything
 
-PRETRAIN = dict(steps=800, batch_size=64, lr=3e-3, warmup_steps=30, scenes=5_000, questions_per_scene=4)
-CLIP_RECIPE = dict(lr=3e-3, warmup_steps=40, text_dim=64, text_depth=2, embed_dim=64)
+# cpu_threads: on a CPU both train on one thread, whatever the machine has. Threads split some float sums (the
+# gradients of shared weights, layer norms) into partial sums added in another order, and 800 steps make those
+# last bits into another model: one thread gives every machine the same one, and so the chapters' stored numbers.
+PRETRAIN = dict(steps=800, batch_size=64, lr=3e-3, warmup_steps=30, scenes=5_000, questions_per_scene=4, cpu_threads=1)
+CLIP_RECIPE = dict(lr=3e-3, warmup_steps=40, text_dim=64, text_depth=2, embed_dim=64, cpu_threads=1)
 
 
 def default_config(tokenizer=None):
     """Chapter 04's LM (2 layers, 64 wide) with untied embeddings (see models/llava.py): the LM of chapters 05-07 and 10."""
     return LMConfig(vocab_size=len(tokenizer or Tokenizer()), dim=64, depth=2, heads=4, max_seq_len=128,
                     tie_embeddings=False)
+
+
+@contextlib.contextmanager
+def cpu_threads(device, threads):
+    """Run the block on `threads` torch threads when `device` is the CPU (restored after)."""
+    before = torch.get_num_threads()
+    if torch.device(device).type == "cpu":
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def cache_dir():
@@ -90,9 +107,10 @@ def pretrain_language_model(config=None, seed=0, device=None, progress=False):
         return ids[rows, :length], labels[rows, :length]
 
     model = LanguageModel(config)
-    history = fit(model, batch, lambda m, b: m(b[0], labels=b[1], validate=False).loss,
-                  TrainConfig(steps=PRETRAIN["steps"], lr=PRETRAIN["lr"], warmup_steps=PRETRAIN["warmup_steps"],
-                              device=str(device), seed=seed, progress=progress))
+    with cpu_threads(device, PRETRAIN["cpu_threads"]):
+        history = fit(model, batch, lambda m, b: m(b[0], labels=b[1], validate=False).loss,
+                      TrainConfig(steps=PRETRAIN["steps"], lr=PRETRAIN["lr"], warmup_steps=PRETRAIN["warmup_steps"],
+                                  device=str(device), seed=seed, progress=progress))
     return model, history
 
 
@@ -147,8 +165,9 @@ def vision_tower(vision_config, world=WorldConfig(), pool=2_000, steps=150, batc
             length = lengths[start:start + size].max().item()
             return standardised[start:start + size], ids[start:start + size, :length], mask[start:start + size, :length]
 
-        fit(clip, batch, lambda m, b: contrastive_loss(*m(*b, validate=False)),
-            TrainConfig(steps=steps, lr=CLIP_RECIPE["lr"], warmup_steps=min(CLIP_RECIPE["warmup_steps"], steps),
-                        device=str(device), seed=seed, progress=False))
+        with cpu_threads(device, CLIP_RECIPE["cpu_threads"]):
+            fit(clip, batch, lambda m, b: contrastive_loss(*m(*b, validate=False)),
+                TrainConfig(steps=steps, lr=CLIP_RECIPE["lr"], warmup_steps=min(CLIP_RECIPE["warmup_steps"], steps),
+                            device=str(device), seed=seed, progress=False))
         save_checkpoint(path, clip.cpu(), step=steps, extra={"kind": "clip", "seed": seed, "version": __version__})
     return clip.vision.eval().requires_grad_(False)

@@ -53,6 +53,7 @@ def test_the_tiny_capstone_runs_end_to_end_here_and_in_workers(lm_cache, tmp_pat
     there = cs.run_connectors(**jobs, workers=2)
     strip = lambda results: [{k: v for k, v in r.items() if k != "ms_per_step"} for r in results]
     assert strip(here) == strip(there)
+    assert len({r["frozen"] for r in here}) == 1 and len(here[0]["frozen"]) == 16     # one ViT and LM for all
     assert [(r["connector"], r["seed"]) for r in here] == [("unshuffle", 0), ("xattn", 0), ("unshuffle", 1), ("xattn", 1)]
     rows = cs.summarize(here)
     assert [r["connector"] for r in rows] == ["unshuffle", "xattn"] and rows[0]["seeds"] == [0, 1]
@@ -115,3 +116,36 @@ def test_a_wider_vit_and_lm_reach_every_connector(lm_cache, monkeypatch):
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA device"):
             cs.run_connectors((0,), settings=gpu)
+
+
+def test_the_majority_baseline_gives_the_commonest_training_answer_of_each_kind():
+    floor = cs.majority_baseline(TINY)
+    test_pairs = cs.data(TINY)[3]
+    kinds = {qa.kind for _, qa in test_pairs}
+    assert set(floor) == {"all", *kinds} and all(0 <= v <= 100 for v in floor.values())
+    counts = {kind: sum(qa.kind == kind for _, qa in test_pairs) for kind in kinds}
+    assert floor["all"] == pytest.approx(sum(floor[k] * n for k, n in counts.items()) / len(test_pairs))
+    cpu = cs.majority_baseline(cs.SCALES["cpu"])
+    assert cpu["exists"] > 50 and cpu["count"] > 50        # one-object scenes: "one" and "yes" are the commonest
+
+
+RESULTS = os.path.join(os.path.dirname(__file__), "..", "chapters", "results")
+
+
+def test_the_stored_results_were_written_by_the_code_as_it_is():
+    """Chapter 11 and the README read these files: they must come from the current settings, every run there."""
+    from minivlm import native_multimodal as nm
+    with open(os.path.join(RESULTS, "capstone.json")) as f:
+        stored = json.load(f)
+    assert stored["settings"] == json.loads(json.dumps(cs.SCALES["cpu"]))
+    assert [(r["connector"], r["seed"]) for r in stored["runs"]] == [(c, s) for s in (0, 1, 2) for c in cs.CONNECTORS]
+    assert all(r["tokens"] == cs.visual_tokens(r["connector"], cs.SCALES["cpu"]) for r in stored["runs"])
+    assert len({r["frozen"] for r in stored["runs"]}) == 1
+    assert json.loads(json.dumps(cs.summarize(stored["runs"]))) == stored["summary"]
+    for folder, steps in (("", nm.SETTINGS["steps"]), ("mixed-1200-steps", 1200)):
+        with open(os.path.join(RESULTS, folder, "mixed.json")) as f:
+            stored = json.load(f)
+        assert stored["settings"] == json.loads(json.dumps(dict(nm.SETTINGS, steps=steps)))
+        assert [(r["recipe"], r["seed"]) for r in stored["runs"]] == [(m, s) for s in (0, 1, 2) for m in nm.RECIPES]
+        assert json.loads(json.dumps(nm.summarize(stored["runs"]))) == stored["summary"]
+        assert all(len(r["loss"]) == steps for r in stored["runs"])

@@ -113,3 +113,28 @@ def test_the_vision_tower_trains_once_then_loads_frozen(cache, monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values()))
     with pytest.raises(RuntimeError, match="trained"):                    # another recipe: another file, trained
         pretrained.vision_tower(config, world, pool=40, steps=4, batch_size=8)
+
+
+def test_the_cached_models_train_on_one_cpu_thread_whatever_the_machine_has(cache, monkeypatch):
+    """Threads add partial sums in another order; one thread gives every machine the same cached model."""
+    seen = []
+    real_fit = pretrained.fit
+
+    def fit(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real_fit(*args, **kwargs)
+    monkeypatch.setattr(pretrained, "fit", fit)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        pretrained.language_model(SMALL, device="cpu")
+        pretrained.vision_tower(LlavaConfig(vocab_size=58, image_size=32, patch_size=8, vision_dim=16, vision_depth=1,
+                                            vision_heads=2).vision_config(), pool=16, steps=2, batch_size=8)
+        assert seen == [1, 1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    with pretrained.cpu_threads("cpu", 1):
+        with pytest.raises(RuntimeError):
+            with pretrained.cpu_threads("cpu", 1):
+                raise RuntimeError
+        assert torch.get_num_threads() == 1
