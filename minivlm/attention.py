@@ -16,6 +16,10 @@ The three are combined into one boolean mask first (`build_mask`, or None when n
 masked), then attention runs. Two paths compute the same thing: `forward` calls
 `F.scaled_dot_product_attention` (fast, fused); `forward_with_weights` calls `attention_math`,
 the formula written out, and also returns the attention weights.
+
+Grouped-query attention (GQA, Ainslie et al. 2023, arXiv 2305.13245), `kv_heads` < H: the
+keys and values have only H_kv heads (B, H_kv, S, d), each shared by H / H_kv query heads;
+the KV cache stores the H_kv heads. kv_heads=None is plain multi-head attention.
 """
 
 import math
@@ -79,16 +83,20 @@ class AttentionOutput(NamedTuple):
 class MultiHeadAttention(nn.Module):
     """Self- or cross-attention with H heads over (B, L, D) inputs."""
 
-    def __init__(self, dim, num_heads, *, context_dim=None, bias=True):
+    def __init__(self, dim, num_heads, *, context_dim=None, bias=True, kv_heads=None):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads}")
+        kv_heads = num_heads if kv_heads is None else kv_heads
+        if not isinstance(kv_heads, int) or kv_heads < 1 or num_heads % kv_heads:
+            raise ValueError(f"kv_heads must be a positive divisor of num_heads={num_heads}, got {kv_heads!r}")
         self.num_heads = num_heads
+        self.kv_heads = kv_heads        # < num_heads: grouped-query attention (GQA, arXiv 2305.13245)
         self.head_dim = dim // num_heads
         context_dim = context_dim or dim
         self.q_proj = nn.Linear(dim, dim, bias=bias)
-        self.k_proj = nn.Linear(context_dim, dim, bias=bias)
-        self.v_proj = nn.Linear(context_dim, dim, bias=bias)
+        self.k_proj = nn.Linear(context_dim, kv_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(context_dim, kv_heads * self.head_dim, bias=bias)
         self.out_proj = nn.Linear(dim, dim, bias=bias)
 
     def forward(self, x, context=None, *, attn_mask=None, key_padding_mask=None, is_causal=False,
@@ -116,8 +124,8 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"x must be (B, L, D), got {tuple(x.shape)}")
         context = x if context is None else context
         q = self.split_heads(self.q_proj(x))
-        k = self.split_heads(self.k_proj(context))
-        v = self.split_heads(self.v_proj(context))
+        k = self.split_heads(self.k_proj(context), self.kv_heads)
+        v = self.split_heads(self.v_proj(context), self.kv_heads)
         if rope is not None:
             q, k = apply_rope(q, k, *rope)
         if kv_cache is not None:
@@ -125,11 +133,15 @@ class MultiHeadAttention(nn.Module):
                 k = torch.cat([kv_cache["k"], k], dim=2)
                 v = torch.cat([kv_cache["v"], v], dim=2)
             kv_cache["k"], kv_cache["v"] = k, v
+        if self.kv_heads != self.num_heads:   # GQA: query head h reads key/value head h // (H / H_kv)
+            group = self.num_heads // self.kv_heads
+            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
         return q, k, v
 
-    def split_heads(self, x):
+    def split_heads(self, x, heads=None):
         B, L, _ = x.shape
-        return x.reshape(B, L, self.num_heads, self.head_dim).transpose(1, 2)   # (B, H, L, d)
+        heads = heads or self.num_heads
+        return x.reshape(B, L, heads, self.head_dim).transpose(1, 2)            # (B, H, L, d)
 
     def merge_heads(self, x):
         B, H, L, d = x.shape

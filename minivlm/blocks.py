@@ -59,16 +59,23 @@ class SwiGLU(nn.Module):
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
 
-class MLP(nn.Module):
-    """fc2(gelu(fc1 x)): the ViT / GPT-2 feed-forward, (..., D) -> (..., D)."""
+GELUS = ("exact", "tanh")
 
-    def __init__(self, dim, hidden_dim):
+
+class MLP(nn.Module):
+    """fc2(gelu(fc1 x)): the ViT / GPT-2 feed-forward, (..., D) -> (..., D).
+    gelu="exact" uses the erf GELU; "tanh" its tanh approximation (GPT-2, SigLIP)."""
+
+    def __init__(self, dim, hidden_dim, gelu="exact"):
         super().__init__()
+        if gelu not in GELUS:
+            raise ValueError(f"gelu must be one of {GELUS}, got {gelu!r}")
+        self.approximate = "none" if gelu == "exact" else "tanh"
         self.fc1 = nn.Linear(dim, hidden_dim)
         self.fc2 = nn.Linear(hidden_dim, dim)
 
     def forward(self, x):
-        return self.fc2(F.gelu(self.fc1(x)))
+        return self.fc2(F.gelu(self.fc1(x), approximate=self.approximate))
 
 
 class BlockOutput(NamedTuple):
@@ -79,17 +86,21 @@ class BlockOutput(NamedTuple):
 class TransformerBlock(nn.Module):
     """Pre-norm block over (B, L, D): attention, then an MLP, each added to the residual stream."""
 
-    def __init__(self, dim, heads, mlp_hidden, *, norm="layernorm", mlp="gelu", bias=True):
+    def __init__(self, dim, heads, mlp_hidden, *, norm="layernorm", mlp="gelu", bias=True, kv_heads=None,
+                 norm_eps=None, gelu="exact"):
+        """kv_heads < heads: grouped-query attention; norm_eps None: the norm's default (LayerNorm 1e-5,
+        RMSNorm 1e-6); gelu "exact" or "tanh" for mlp="gelu"."""
         super().__init__()
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
         if mlp not in MLPS:
             raise ValueError(f"mlp must be one of {MLPS}, got {mlp!r}")
         make_norm = nn.LayerNorm if norm == "layernorm" else RMSNorm
-        self.attn_norm = make_norm(dim)
-        self.attn = MultiHeadAttention(dim, heads, bias=bias)
-        self.mlp_norm = make_norm(dim)
-        self.mlp = MLP(dim, mlp_hidden) if mlp == "gelu" else SwiGLU(dim, mlp_hidden)
+        eps = {} if norm_eps is None else {"eps": norm_eps}
+        self.attn_norm = make_norm(dim, **eps)
+        self.attn = MultiHeadAttention(dim, heads, bias=bias, kv_heads=kv_heads)
+        self.mlp_norm = make_norm(dim, **eps)
+        self.mlp = MLP(dim, mlp_hidden, gelu) if mlp == "gelu" else SwiGLU(dim, mlp_hidden)
 
     def forward(self, x, *, attn_mask=None, key_padding_mask=None, is_causal=False, rope=None, kv_cache=None):
         """x (B, L, D) -> (B, L, D). Masks, rope and kv_cache go to the attention (attention.py)."""

@@ -47,6 +47,8 @@ class LMConfig:
     rope_theta: float = 10000.0
     mrope_section: tuple = None   # for rope="mrope": pairs per (t, h, w) stream, sums to head_dim/2
     tie_embeddings: bool = True
+    kv_heads: int = None          # key/value heads; None -> heads; fewer: grouped-query attention (GQA)
+    norm_eps: float = 1e-6        # RMSNorm's eps (LLaMA uses 1e-6, SmolLM2 1e-5)
 
     def __post_init__(self):
         if self.vocab_size < 1:
@@ -55,6 +57,8 @@ class LMConfig:
             raise ValueError(f"dim={self.dim} must be divisible by heads={self.heads}")
         if (self.dim // self.heads) % 2:
             raise ValueError(f"head_dim = dim/heads = {self.dim // self.heads} must be even for RoPE")
+        if self.kv_heads is not None and (self.kv_heads < 1 or self.heads % self.kv_heads):
+            raise ValueError(f"kv_heads={self.kv_heads} must be a positive divisor of heads={self.heads}")
         if self.rope not in ("1d", "mrope"):
             raise ValueError(f"rope must be '1d' or 'mrope', got {self.rope!r}")
         if self.mlp_hidden is None:
@@ -109,8 +113,9 @@ class LanguageModel(nn.Module):
         self.config = c = config
         self.tok_emb = nn.Embedding(c.vocab_size, c.dim)
         self.blocks = nn.ModuleList(TransformerBlock(c.dim, c.heads, c.mlp_hidden, norm="rmsnorm", mlp="swiglu",
-                                                     bias=False) for _ in range(c.depth))
-        self.norm = RMSNorm(c.dim)
+                                                     bias=False, kv_heads=c.kv_heads, norm_eps=c.norm_eps)
+                                    for _ in range(c.depth))
+        self.norm = RMSNorm(c.dim, eps=c.norm_eps)
         self.lm_head = nn.Linear(c.dim, c.vocab_size, bias=False)
         self.apply(self._init_weights)
         for block in self.blocks:   # GPT-2: shrink the residual writes so the stream's variance stays ~1

@@ -12,6 +12,13 @@ The projector maps one to the other. Three designs, from the papers in order:
                  Linear(Dv·r², Dt) -> GELU -> Linear(Dt, Dt), InternVL's `mlp1`   N' = N / r²
 
 The patch tokens are in raster order on a square grid (or pass `grid_size=(H, W)`).
+
+One more, outside PROJECTORS, for loading real weights (interop.py):
+
+    PixelShuffleLinearProjector   Idefics3 / SmolVLM's connector (Laurençon et al. 2024,
+                 arXiv 2408.12637; SmolVLM, Marafioti et al. 2025, arXiv 2504.05299): pixel
+                 unshuffle by r, then one bias-free Linear(Dv·r², Dt)            N' = N / r²
+                 Its "pixel_shuffle" lays the channels out in InternVL's order.
 """
 
 import torch.nn as nn
@@ -74,6 +81,24 @@ class UnshuffleProjector(nn.Module):
 
     def forward(self, tokens, grid_size=None):
         return self.fc2(self.act(self.fc1(self.norm(self.merge(tokens, grid_size)))))
+
+
+class PixelShuffleLinearProjector(nn.Module):
+    """Idefics3 / SmolVLM: (B, N, Dv) -> pixel unshuffle (B, N/r², Dv·r²) -> Linear, no bias -> (B, N/r², Dt)."""
+
+    def __init__(self, vision_dim, text_dim, factor=2, order="internvl", bias=False):
+        super().__init__()
+        self.vision_dim, self.factor, self.order = vision_dim, factor, order
+        self.proj = nn.Linear(vision_dim * factor * factor, text_dim, bias=bias)
+
+    def merge(self, tokens, grid_size=None):
+        """(B, N, Dv) -> (B, N/r², Dv·r²), as UnshuffleProjector.merge."""
+        _check_tokens(tokens, self.vision_dim)
+        grid = pixel_unshuffle(tokens_to_grid(tokens, grid_size), self.factor, self.order)
+        return grid.reshape(grid.shape[0], -1, grid.shape[-1])
+
+    def forward(self, tokens, grid_size=None):
+        return self.proj(self.merge(tokens, grid_size))
 
 
 def num_visual_tokens(kind, num_patches, factor=2):

@@ -14,6 +14,11 @@ Positions, one switch (`ViTConfig.positions`):
                see rope.py), so attention sees relative offsets
     "none"     no positions at all (a bag of patches)
 Pooling: "mean" over patch tokens, or "cls", a learned token prepended to the sequence.
+
+Options for loading SigLIP's vision tower (Zhai et al. 2023, arXiv 2303.15343; interop.py):
+`gelu="tanh"` (its MLP uses the tanh GELU), `norm_eps=1e-6` (its LayerNorms) and
+`mlp_hidden` (its MLP width is not a round multiple of dim). SigLIP has learned absolute
+positions, biases everywhere, no class token and a final ("post") LayerNorm: ViT's defaults.
 """
 
 from dataclasses import dataclass
@@ -41,6 +46,9 @@ class ViTConfig:
     mlp_ratio: float = 4.0
     positions: str = "learned"
     pool: str = "mean"
+    gelu: str = "exact"           # "exact" (erf) or "tanh" (SigLIP) GELU in the MLP
+    norm_eps: float = 1e-5        # every LayerNorm's eps (SigLIP: 1e-6)
+    mlp_hidden: int = None        # MLP width; None -> int(dim · mlp_ratio)
 
     def __post_init__(self):
         if self.image_size % self.patch_size:
@@ -51,6 +59,8 @@ class ViTConfig:
             raise ValueError(f"pool must be 'mean' or 'cls', got {self.pool!r}")
         if self.dim % self.heads:
             raise ValueError(f"dim={self.dim} must be divisible by heads={self.heads}")
+        if self.gelu not in ("exact", "tanh"):
+            raise ValueError(f"gelu must be 'exact' or 'tanh', got {self.gelu!r}")
 
     @property
     def grid_size(self):
@@ -86,8 +96,9 @@ class ViT(nn.Module):
             self.pos_embed = nn.Parameter(torch.randn(1, c.grid_size ** 2, c.dim) * 0.02)
         if c.pool == "cls":
             self.cls_token = nn.Parameter(torch.zeros(1, 1, c.dim))
-        self.blocks = nn.ModuleList(TransformerBlock(c.dim, c.heads, int(c.dim * c.mlp_ratio)) for _ in range(c.depth))
-        self.norm = nn.LayerNorm(c.dim)
+        self.blocks = nn.ModuleList(TransformerBlock(c.dim, c.heads, c.mlp_hidden or int(c.dim * c.mlp_ratio), norm_eps=c.norm_eps, gelu=c.gelu)
+                                    for _ in range(c.depth))
+        self.norm = nn.LayerNorm(c.dim, eps=c.norm_eps)
 
     def position_embedding(self, grid_h, grid_w, device):
         """Additive positions (1, N, D) for a grid_h × grid_w patch grid, or None."""
