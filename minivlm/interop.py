@@ -201,3 +201,44 @@ def connector_from_idefics3(hf_connector_or_state_dict, config=None):
     vision_dim, text_dim = config.vision_config.hidden_size, config.text_config.hidden_size
     projector = PixelShuffleLinearProjector(vision_dim, text_dim, factor=r, order="internvl")
     return _load(projector, {"proj.weight": weight}, what).eval()
+
+
+def llava_from_idefics3(hf_model, assistant_token_id=None):
+    """The course's Llava (models/llava.py) with the weights of an HF Idefics3ForConditionalGeneration
+    (SmolVLM), for one image of the vision tower's size (no image splitting).
+
+    The course's prompt holds ONE <image> id (config.image_token_id) that the model replaces by the
+    T = (image_size / patch_size)² / r² visual tokens; HF's processor writes T image ids instead (and
+    wraps them in <fake_token_around_image> / <global-img> text tokens, which stay ordinary tokens
+    of the prompt here). Images are in [0, 1]: `normalize` applies SmolVLM's mean 0.5, std 0.5, so
+    HF's pixel_values = (images - 0.5) / 0.5. Attention is plain causal (prefix="causal").
+    assistant_token_id: the id check_prompts looks for in every prompt (e.g. the id of "Assistant");
+    default: the image token's, so any prompt with its <image> passes."""
+    from .models.llava import Llava, LlavaConfig
+
+    what = "llava_from_idefics3"
+    config = getattr(hf_model, "config", None)
+    if getattr(config, "model_type", None) != "idefics3":
+        raise ValueError(f"{what}: expected an Idefics3ForConditionalGeneration, got {type(hf_model).__name__}")
+    vision = vision_tower_from_siglip(hf_model.state_dict(), config=config.vision_config)
+    projector = connector_from_idefics3(hf_model.state_dict(), config=config)
+    lm = language_model_from_llama(hf_model.state_dict(), config=config.text_config)
+    vc, lc = vision.config, lm.config
+    if vc.grid_size % config.scale_factor:
+        raise ValueError(f"{what}: the {vc.grid_size}x{vc.grid_size} patch grid is not divisible by "
+                         f"scale_factor={config.scale_factor}")
+    eos = config.text_config.eos_token_id
+    llava_config = LlavaConfig(
+        vocab_size=lc.vocab_size, image_size=vc.image_size, patch_size=vc.patch_size, vision_dim=vc.dim,
+        vision_depth=vc.depth, vision_heads=vc.heads, vision_positions="learned", projector="unshuffle",
+        unshuffle_factor=config.scale_factor, text_dim=lc.dim, text_depth=lc.depth, text_heads=lc.heads,
+        max_seq_len=lc.max_seq_len, tie_embeddings=lc.tie_embeddings, prefix="causal",
+        image_token_id=config.image_token_id,
+        assistant_token_id=config.image_token_id if assistant_token_id is None else assistant_token_id,
+        eos_token_id=eos[0] if isinstance(eos, (list, tuple)) else eos,
+        pixel_mean=(0.5, 0.5, 0.5), pixel_std=(0.5, 0.5, 0.5))
+    model = Llava(llava_config)
+    # The converted parts carry options LlavaConfig does not name (GQA, eps, tanh GELU, a bias-free
+    # connector): they replace the ones the config built.
+    model.vision, model.projector, model.lm = vision, projector, lm
+    return model.eval()

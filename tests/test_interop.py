@@ -123,3 +123,23 @@ def test_idefics3_parts_match():
         torch.testing.assert_close(lm(ids).logits, hf(input_ids=ids).logits, **TOL)
     with pytest.raises(ValueError, match="config="):
         interop.connector_from_idefics3(hf.model.connector)
+
+
+def test_idefics3_whole_model_matches_one_image():
+    hf = idefics3(seed=2)
+    ours = interop.llava_from_idefics3(hf)
+    T = ours.config.num_visual_tokens
+    assert T == 4
+    images = torch.rand(2, 3, 32, 32)
+    ids = torch.randint(3, 99, (2, 7))
+    ids[:, 2] = 99                                                  # the one <image> of each prompt
+    hf_ids = torch.cat([ids[:, :2], torch.full((2, T), 99), ids[:, 3:]], dim=1)
+    with torch.no_grad():
+        mine = ours(images, ids).logits
+        theirs = hf(input_ids=hf_ids, pixel_values=((images - 0.5) / 0.5)[:, None]).logits
+        torch.testing.assert_close(mine, theirs, **TOL)
+
+
+def test_llava_from_idefics3_refuses_other_models():
+    with pytest.raises(ValueError, match="Idefics3ForConditionalGeneration"):
+        interop.llava_from_idefics3(llama())
