@@ -55,7 +55,8 @@ def test_llama_greedy_generation_matches():
     ours = interop.language_model_from_llama(hf)
     ids = torch.randint(3, 100, (1, 6))
     with torch.no_grad():
-        theirs = hf.generate(ids, max_new_tokens=10, do_sample=False, eos_token_id=None, min_new_tokens=10)[:, 6:]
+        hf.generation_config.eos_token_id = None
+        theirs = hf.generate(ids, max_new_tokens=10, do_sample=False)[:, 6:]
         mine = ours.generate(ids, max_new_tokens=10)
     assert torch.equal(mine, theirs)
 
@@ -143,3 +144,18 @@ def test_idefics3_whole_model_matches_one_image():
 def test_llava_from_idefics3_refuses_other_models():
     with pytest.raises(ValueError, match="Idefics3ForConditionalGeneration"):
         interop.llava_from_idefics3(llama())
+
+
+def test_idefics3_greedy_generation_matches():
+    hf = idefics3(seed=3)
+    hf.generation_config.eos_token_id = None
+    ours = interop.llava_from_idefics3(hf)
+    ours.config.eos_token_id = None
+    images = torch.rand(1, 3, 32, 32)
+    ids = torch.tensor([[1, 5, 99, 7, 8, 9]])
+    hf_ids = torch.cat([ids[:, :2], torch.full((1, 4), 99), ids[:, 3:]], dim=1)
+    with torch.no_grad():
+        mine = ours.generate(images, ids, max_new_tokens=8)
+        theirs = hf.generate(input_ids=hf_ids, pixel_values=((images - 0.5) / 0.5)[:, None], max_new_tokens=8,
+                             do_sample=False)[:, hf_ids.shape[1]:]
+    assert torch.equal(mine, theirs)
