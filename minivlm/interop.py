@@ -26,8 +26,9 @@ What must match, and where the course needed an option (defaults unchanged):
     MLP width   ViTConfig.mlp_hidden (SigLIP's 4304 is no round multiple of 1152)
     shuffle     Idefics3's `pixel_shuffle(x, scale_factor=r)` is the same reshapes as InternVL's
                 `pixel_shuffle(x, 1/r)`: pixel_unshuffle.py's order="internvl", no new order.
-nanoVLM's modality projector (huggingface/nanoVLM) is, as far as we know, the same design
-(pixel shuffle then a bias-free Linear); not checked against its code here.
+nanoVLM's modality projector (huggingface/nanoVLM, models/modality_projector.py, read in a
+fork of it) is the same design in the same order: one reshape (B, H/r, r, W/r, r, C) -> permute
+to (B, H/r, W/r, r, r, C), i.e. order="internvl", then a bias-free Linear(Dv·r², Dt).
 
 What is refused with a ValueError naming it: rope scaling (any rope_type but "default"),
 an activation other than SiLU (LM) or GELU (ViT), attention or MLP biases in the LM, a

@@ -18,7 +18,8 @@ One more, outside PROJECTORS, for loading real weights (interop.py):
     PixelShuffleLinearProjector   Idefics3 / SmolVLM's connector (Laurençon et al. 2024,
                  arXiv 2408.12637; SmolVLM, Marafioti et al. 2025, arXiv 2504.05299): pixel
                  unshuffle by r, then one bias-free Linear(Dv·r², Dt)            N' = N / r²
-                 Its "pixel_shuffle" lays the channels out in InternVL's order.
+                 Its "pixel_shuffle" lays the channels out in InternVL's order; nanoVLM's
+                 modality projector is the same layer.
 """
 
 import torch.nn as nn

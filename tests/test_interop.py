@@ -159,3 +159,17 @@ def test_idefics3_greedy_generation_matches():
         theirs = hf.generate(input_ids=hf_ids, pixel_values=((images - 0.5) / 0.5)[:, None], max_new_tokens=8,
                              do_sample=False)[:, hf_ids.shape[1]:]
     assert torch.equal(mine, theirs)
+
+
+def test_sliding_window_is_refused():
+    config = transformers.MistralConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=1,
+                                        num_attention_heads=4, num_key_value_heads=2, vocab_size=100, sliding_window=16)
+    with pytest.raises(ValueError, match="sliding_window"):
+        interop.lm_config_from_llama(config)
+
+
+def test_gqa_cache_holds_the_kv_heads():
+    lm = interop.language_model_from_llama(llama())
+    cache = lm.new_cache()
+    lm(torch.randint(0, 100, (1, 5)), kv_cache=cache)
+    assert tuple(cache[0]["k"].shape) == (1, 2, 5, 16)
