@@ -15,6 +15,9 @@ checks that the course's module computes the same function, and copies the tenso
         head (`vision_use_head`) is not converted: the course's VLMs read the patch tokens.
     connector_from_idefics3(Idefics3Connector)         -> projector.PixelShuffleLinearProjector
         modality_projection.proj (Dt, Dv·r²), no bias
+    llava_from_idefics3(Idefics3ForConditionalGeneration) -> models.llava.Llava
+        the three above in one model, for one image of the tower's size (no image splitting):
+        images (B, 3, H, W) in [0, 1], one <image> id per prompt -> logits (B, L - 1 + T, V)
 
 What must match, and where the course needed an option (defaults unchanged):
     RoPE        HF's LLaMA rotates halves (`rotate_half`), as rope.py does: q/k copy as they are,
