@@ -118,9 +118,16 @@ def save_checkpoint(path, model, optimizer=None, step=0, history=None, extra=Non
         state["optimizer"] = optimizer.state_dict()
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"path must be a file, not a directory: {path}")
     tmp_path = f"{path}.tmp{os.getpid()}"
-    torch.save(state, tmp_path)
-    os.replace(tmp_path, path)
+    try:
+        torch.save(state, tmp_path)
+        os.replace(tmp_path, path)
+    except BaseException:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+        raise
 
 
 def load_checkpoint(path, model=None, optimizer=None, map_location="cpu"):
@@ -186,9 +193,18 @@ def fit(model, get_batch, loss_fn, config=None, eval_fn=None, resume_from=None):
     pending = []    # the latest losses, still on the device: read in one go (one GPU -> CPU sync)
 
     def read_losses():
+        # Read at the bar's refresh, eval and checkpoint points only; a NaN loss stops
+        # training there, naming the step, instead of training on (no per-step sync).
         if pending:
-            history["loss"].extend(torch.stack(pending).tolist())
+            losses = torch.stack(pending).tolist()
+            first = history["step"][-len(pending)]
             pending.clear()
+            bad = [first + i for i, value in enumerate(losses) if not math.isfinite(value)]
+            if bad:
+                raise FloatingPointError(
+                    f"the loss is not finite at step {bad[0]} (read back for steps {first}..{first + len(losses) - 1}): "
+                    f"check the data and loss_fn, or lower lr")
+            history["loss"].extend(losses)
             bar.set_postfix(loss=f"{history['loss'][-1]:.4f}")
 
     started = time.perf_counter()
@@ -199,6 +215,9 @@ def fit(model, get_batch, loss_fn, config=None, eval_fn=None, resume_from=None):
         batch = shard(move_to(get_batch(step), device), rank, world_size)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             loss = loss_fn(train_model, batch)
+        if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+            raise TypeError(f"loss_fn must return a scalar tensor, got {type(loss).__name__}"
+                            f"{' of shape ' + str(tuple(loss.shape)) if isinstance(loss, torch.Tensor) else ''}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip:
