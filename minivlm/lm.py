@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from . import rope as rope_lib
 from .attention import causal_mask
 from .blocks import RMSNorm, TransformerBlock
+from .checks import booleans, integer, number, positive_ints
 from .generation import generate
 
 IGNORE_INDEX = -100
@@ -49,8 +50,11 @@ class LMConfig:
     tie_embeddings: bool = True
 
     def __post_init__(self):
-        if self.vocab_size < 1:
-            raise ValueError(f"vocab_size must be >= 1, got {self.vocab_size}")
+        positive_ints(self, "vocab_size", "dim", "depth", "heads", "max_seq_len")
+        if self.mlp_hidden is not None:
+            integer("mlp_hidden", self.mlp_hidden, low=1)
+        number("rope_theta", self.rope_theta, above=0)
+        booleans(self, "tie_embeddings")
         if self.dim % self.heads:
             raise ValueError(f"dim={self.dim} must be divisible by heads={self.heads}")
         if (self.dim // self.heads) % 2:

@@ -32,6 +32,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .checks import integer, number, positive_ints
+
 OBJECTIVES = ("itc", "itm", "itg")
 
 
@@ -49,6 +51,9 @@ class QFormerConfig:
     layer_norm_eps: float = 1e-12
 
     def __post_init__(self):
+        positive_ints(self, "dim", "depth", "heads", "mlp_hidden", "image_dim", "max_text_len")
+        integer("vocab_size", self.vocab_size, low=0)
+        number("layer_norm_eps", self.layer_norm_eps, above=0)
         if self.num_queries < 1:
             raise ValueError(f"num_queries must be >= 1, got {self.num_queries}")
         if self.dim % self.heads:

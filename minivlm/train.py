@@ -30,6 +30,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from .checks import booleans, integer, number
 from .distributed import join, rebuild, shard
 
 
@@ -55,10 +56,24 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self):
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        integer("steps", self.steps, low=1)
+        number("lr", self.lr, above=0)
+        number("weight_decay", self.weight_decay, low=0)
+        if not isinstance(self.betas, (tuple, list)) or len(self.betas) != 2:
+            raise ValueError(f"betas must be a pair (beta1, beta2), got {self.betas!r}")
+        for i, beta in enumerate(self.betas):
+            number(f"betas[{i}]", beta, low=0, below=1)
+        integer("warmup_steps", self.warmup_steps, low=0)
+        number("min_lr_ratio", self.min_lr_ratio, low=0, high=1)
+        number("grad_clip", self.grad_clip, low=0)
+        if self.device is not None and not isinstance(self.device, (str, torch.device)):
+            raise TypeError(f"device must be None, a str like 'cuda' or a torch.device, got {self.device!r}")
+        booleans(self, "amp", "compile", "progress")
+        integer("seed", self.seed)
+        integer("eval_every", self.eval_every, low=0)
+        integer("checkpoint_every", self.checkpoint_every, low=0)
+        if self.checkpoint_path is not None and not isinstance(self.checkpoint_path, (str, os.PathLike)):
+            raise TypeError(f"checkpoint_path must be None or a path, got {self.checkpoint_path!r}")
 
 
 def pick_device(override=None):

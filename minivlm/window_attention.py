@@ -30,6 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .blocks import TransformerBlock
+from .checks import choice, integer, positive_ints
 from .dynamic_resolution import (PatchEmbed, PatchMerger, grid_list, vision_cu_seqlens, vision_position_ids,
                                  vision_rope)
 
@@ -111,6 +112,18 @@ class DynamicViTConfig:
     in_channels: int = 3
     positions: str = "rope"               # "rope": Qwen2-VL's 2D RoPE; "learned": a learned table, interpolated
     position_grid: int = 8                # "learned": the table's side in patches (resized to each image's grid)
+
+    def __post_init__(self):
+        positive_ints(self, "dim", "depth", "heads", "mlp_ratio", "patch_size", "temporal_patch_size", "merge_size",
+                      "out_dim", "in_channels", "position_grid")
+        if self.window_size is not None:
+            integer("window_size", self.window_size, low=1)
+        layers = self.full_attention_layers
+        if not isinstance(layers, (tuple, list)) or not all(
+                isinstance(i, int) and not isinstance(i, bool) and 0 <= i < self.depth for i in layers):
+            raise ValueError(f"full_attention_layers must be a tuple of layer indices in [0, depth={self.depth}), "
+                             f"got {layers!r}")
+        choice("merger_norm", self.merger_norm, ("layernorm", "rmsnorm"))
 
 
 class DynamicResolutionViT(nn.Module):

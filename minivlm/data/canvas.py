@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..checks import booleans
 from .render import paint
 from .world import (COLORS, SHAPES, SPLIT_PERCENT, SceneBatch, _mix, check_shapes_and_colors, sample_split,
                     scene_hash)
@@ -66,6 +67,7 @@ class CanvasConfig:
         if not low <= self.cell_px // 2 <= high:
             raise ValueError(f"large_radius {self.large_radius!r} ({large:g} px) does not fit a {self.cell_px}-pixel "
                              f"cell with a pixel to spare on each side")
+        booleans(self, "jitter")
         check_shapes_and_colors(self)
 
     @property

@@ -20,6 +20,8 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from ..checks import booleans
+
 SHAPES = ("circle", "square", "triangle")
 PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles"}
 COLORS = OrderedDict(
@@ -67,6 +69,7 @@ class WorldConfig:
         if not 1 <= self.min_objects <= self.max_objects <= most:
             raise ValueError(f"need 1 <= min_objects <= max_objects <= {most} (grid={self.grid}), "
                              f"got min_objects={self.min_objects}, max_objects={self.max_objects}")
+        booleans(self, "continuous")
         check_shapes_and_colors(self)
 
 

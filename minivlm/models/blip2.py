@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from ..blip2_objectives import hard_negatives, itc_logits
 from ..contrastive import symmetric_cross_entropy
+from ..checks import integer, number
 from ..qformer import QFormer, QFormerConfig, qformer_attention_mask
 from .llava import Llava, LlavaConfig
 
@@ -44,6 +45,12 @@ class Blip2Config:
     qformer: QFormerConfig = field(default_factory=QFormerConfig)
     embed_dim: int = 32                 # E, the shared space of ITC
     init_logit_scale: float = 1 / 0.07
+
+    def __post_init__(self):
+        if not isinstance(self.qformer, QFormerConfig):
+            raise TypeError(f"qformer must be a QFormerConfig, got {type(self.qformer).__name__}")
+        integer("embed_dim", self.embed_dim, low=1)
+        number("init_logit_scale", self.init_logit_scale, above=0)
 
 
 class Stage1Losses(NamedTuple):

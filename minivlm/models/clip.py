@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from ..attention import causal_mask
 from ..blocks import TransformerBlock
+from ..checks import booleans, integer, number, positive_ints
 from ..vit import ViT, ViTConfig
 
 
@@ -51,6 +52,15 @@ class CLIPConfig:
     max_logit_scale: float = 100.0
 
     def __post_init__(self):
+        if not isinstance(self.vision, ViTConfig):
+            raise TypeError(f"vision must be a ViTConfig, got {type(self.vision).__name__}")
+        positive_ints(self, "vocab_size", "max_text_len", "text_dim", "text_depth", "text_heads", "embed_dim")
+        booleans(self, "text_causal")
+        integer("eos_id", self.eos_id, low=0, high=self.vocab_size - 1)
+        number("max_logit_scale", self.max_logit_scale, above=0)
+        number("init_logit_bias", self.init_logit_bias)
+        if self.init_logit_scale is not None:
+            number("init_logit_scale", self.init_logit_scale, above=0)
         if self.loss not in ("clip", "siglip"):
             raise ValueError(f"loss must be 'clip' or 'siglip', got {self.loss!r}")
         if self.text_pool not in ("eos", "mean"):

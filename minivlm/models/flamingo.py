@@ -31,7 +31,8 @@ from ..generation import generate
 from ..lm import IGNORE_INDEX, LanguageModel, check_token_ids, next_token_loss
 from ..perceiver import PerceiverResampler
 from ..vit import ViT
-from .llava import Llava, LlavaConfig, VLMOutput
+from ..checks import booleans, positive_ints
+from .llava import Llava, LlavaConfig, VLMOutput, check_pixel_stats, check_special_ids
 
 
 @dataclass
@@ -64,6 +65,14 @@ class FlamingoConfig:
     pixel_std: tuple = (0.22, 0.19, 0.21)
 
     def __post_init__(self):
+        positive_ints(self, "vocab_size", "image_size", "patch_size", "vision_dim", "vision_depth", "vision_heads",
+                      "text_dim", "text_depth", "text_heads", "max_seq_len", "num_latents", "perceiver_depth",
+                      "perceiver_heads", "perceiver_dim_head", "max_images", "xattn_heads", "xattn_dim_head",
+                      "xattn_ff_mult")
+        booleans(self, "tie_embeddings", "only_attend_immediate_media")
+        check_special_ids(self, "image_token_id", "eos_token_id")
+        check_pixel_stats(self)
+        self.vision_config(), self.lm_config()     # their own checks (divisibility, heads)
         if not isinstance(self.cross_attention_every, int) or self.cross_attention_every < 1:
             raise ValueError(f"cross_attention_every must be a positive int, got {self.cross_attention_every!r}")
 

@@ -34,12 +34,31 @@ from typing import NamedTuple, Optional
 import torch
 import torch.nn as nn
 
+from ..checks import booleans, integer, positive_ints
+
 from ..attention import causal_mask
 from ..lm import IGNORE_INDEX, LanguageModel, LMConfig, check_token_ids, next_token_loss
 from ..projector import PROJECTORS, build_projector, num_visual_tokens
 from ..vit import ViT, ViTConfig
 
 STAGES = (1, 2, "all")
+
+
+def check_special_ids(config, *names):
+    """Token-id fields are ints in [0, vocab_size)."""
+    for name in names:
+        integer(name, getattr(config, name), low=0, high=config.vocab_size - 1)
+
+
+def check_pixel_stats(config):
+    """pixel_mean and pixel_std: one number per channel, the std > 0."""
+    for name in ("pixel_mean", "pixel_std"):
+        values = getattr(config, name)
+        if not isinstance(values, (tuple, list)) or len(values) != 3 \
+                or not all(isinstance(v, (int, float)) and v == v for v in values) \
+                or (name == "pixel_std" and not all(v > 0 for v in values)):
+            raise ValueError(f"{name} must be 3 numbers (one per RGB channel{', > 0' if name == 'pixel_std' else ''}), "
+                             f"got {values!r}")
 
 
 @dataclass
@@ -66,6 +85,11 @@ class LlavaConfig:
     pixel_std: tuple = (0.22, 0.19, 0.21)    # standardise them (as CLIP's image processor does)
 
     def __post_init__(self):
+        positive_ints(self, "vocab_size", "image_size", "patch_size", "vision_dim", "vision_depth", "vision_heads",
+                      "unshuffle_factor", "text_dim", "text_depth", "text_heads", "max_seq_len")
+        booleans(self, "tie_embeddings")
+        check_special_ids(self, "image_token_id", "assistant_token_id", "eos_token_id")
+        check_pixel_stats(self)
         if self.projector not in PROJECTORS:
             raise ValueError(f"projector must be one of {PROJECTORS}, got {self.projector!r}")
         if self.prefix not in ("bidirectional", "causal"):
