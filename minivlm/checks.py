@@ -66,7 +66,7 @@ KINDS = {"float": torch.Tensor.is_floating_point, "bool": lambda x: x.dtype == t
 def tensor(name, value, dims=None, kind=None, shape=""):
     """A torch.Tensor with `dims` dimensions (an int or a tuple of allowed ones) of `kind`
     ("float", "int" or "bool"); `shape` names the layout for the message, e.g. "(B, T)"."""
-    shape = f" of shape {shape}" if shape else ""
+    shape = f" {shape}" if shape else ""
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor{shape}, got {type(value).__name__}")
     allowed = (dims,) if isinstance(dims, int) else dims
@@ -75,5 +75,5 @@ def tensor(name, value, dims=None, kind=None, shape=""):
                          f"got shape {tuple(value.shape)}")
     if kind is not None and not KINDS[kind](value):
         hint = " (uint8 pixels: divide by 255 first)" if kind == "float" and value.dtype == torch.uint8 else ""
-        raise TypeError(f"{name} must be a {kind} tensor{hint}, got {value.dtype}")
+        raise TypeError(f"{name} must be {'an' if kind == 'int' else 'a'} {kind} tensor{hint}, got {value.dtype}")
     return value

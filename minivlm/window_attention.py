@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .blocks import TransformerBlock
-from .checks import choice, integer, positive_ints
+from .checks import choice, integer, positive_ints, tensor
 from .dynamic_resolution import (PatchEmbed, PatchMerger, grid_list, vision_cu_seqlens, vision_position_ids,
                                  vision_rope)
 
@@ -158,6 +158,13 @@ class DynamicResolutionViT(nn.Module):
 
     def forward(self, patches, grid_thw):
         c = self.config
+        width = c.in_channels * c.temporal_patch_size * c.patch_size ** 2
+        tensor("patches", patches, dims=2, kind="float", shape=f"(N, C·t·p·p) = (N, {width})")
+        if patches.shape[1] != width:
+            raise ValueError(f"patches must be (N, C·t·p·p) = (N, {width}), got {tuple(patches.shape)}: "
+                             f"make them with patchify_qwen2vl")
+        if not isinstance(grid_thw, (torch.Tensor, list, tuple)):
+            raise TypeError(f"grid_thw must be a (n, 3) tensor or list of (t, h, w), got {type(grid_thw).__name__}")
         grids = grid_list(grid_thw, c.merge_size)
         if len(patches) != sum(t * h * w for t, h, w in grids):
             raise ValueError(f"patches has {len(patches)} rows but grid_thw {grids} holds "

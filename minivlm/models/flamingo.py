@@ -32,7 +32,7 @@ from ..lm import IGNORE_INDEX, LanguageModel, check_token_ids, next_token_loss
 from ..perceiver import PerceiverResampler
 from ..vit import ViT
 from ..checks import booleans, positive_ints
-from .llava import Llava, LlavaConfig, VLMOutput, check_pixel_stats, check_special_ids
+from .llava import Llava, LlavaConfig, VLMOutput, check_pixel_stats, check_special_ids, check_vlm_inputs
 
 
 @dataclass
@@ -160,6 +160,7 @@ class Flamingo(PerceiverVLM):
     def forward(self, images, input_ids, attention_mask=None, labels=None, image_index=None, validate=True):
         """images (B_img, 3, H, W) in [0, 1]; input_ids, attention_mask, labels (B, S); image_index (B, T).
         validate=False skips the checks that read tensor values (a GPU -> CPU sync each)."""
+        check_vlm_inputs(images, input_ids)
         check_token_ids(input_ids, self.config.vocab_size, read_values=validate)
         self.check_media(input_ids, image_index, len(images), validate)
         media = self.encode_media(images, image_index)
@@ -191,6 +192,7 @@ class Flamingo(PerceiverVLM):
     @torch.no_grad()
     def generate(self, images, input_ids, attention_mask=None, image_index=None, max_new_tokens=4, **sampling):
         """Continue left-padded prompts with the LM's KV-cached loop: new ids (B, T_new), stopping at <eos>."""
+        check_vlm_inputs(images, input_ids)
         if attention_mask is not None and not attention_mask[:, -1].all():
             raise ValueError("prompts must be left-padded for generation (padding_side='left')")
         check_token_ids(input_ids, self.config.vocab_size)
@@ -249,6 +251,8 @@ class Idefics2(PerceiverVLM):
 
     @torch.no_grad()
     def generate(self, images, input_ids, attention_mask=None, image_index=None, max_new_tokens=4, **sampling):
+        check_vlm_inputs(images, input_ids)
+        self.check_media(input_ids, image_index, len(images), validate=True)
         if attention_mask is not None and not attention_mask[:, -1].all():
             raise ValueError("prompts must be left-padded for generation (padding_side='left')")
         if not ((input_ids == self.config.image_token_id).sum(1) == image_index.shape[1]).all():
@@ -260,6 +264,7 @@ class Idefics2(PerceiverVLM):
 
     def merge(self, images, input_ids, attention_mask, labels, image_index, validate):
         """Each <image> id -> its image's L projected latents: (embeds (B, S', D), attention_mask, labels)."""
+        check_vlm_inputs(images, input_ids)
         check_token_ids(input_ids, self.config.vocab_size, read_values=validate)
         self.check_media(input_ids, image_index, len(images), validate)
         is_image = input_ids == self.config.image_token_id                      # (B, S)

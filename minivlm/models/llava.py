@@ -34,7 +34,7 @@ from typing import NamedTuple, Optional
 import torch
 import torch.nn as nn
 
-from ..checks import booleans, integer, positive_ints
+from ..checks import booleans, integer, positive_ints, tensor
 
 from ..attention import causal_mask
 from ..lm import IGNORE_INDEX, LanguageModel, LMConfig, check_token_ids, next_token_loss
@@ -42,6 +42,19 @@ from ..projector import PROJECTORS, build_projector, num_visual_tokens
 from ..vit import ViT, ViTConfig
 
 STAGES = (1, 2, "all")
+
+
+def check_vlm_inputs(images, input_ids, images_dims=4, layout="(B_img, 3, H, W)"):
+    """The door of every image+text model: images a float tensor in [0, 1] on input_ids' device
+    (check_token_ids checks input_ids). Values are not read (no GPU -> CPU sync), so float images
+    in 0..255 are not caught here: they run, and the model sees saturated pixels."""
+    tensor("images", images, dims=images_dims, shape=layout)
+    if not images.is_floating_point():
+        hint = ": divide uint8 pixels by 255 (images.float() / 255)" if images.dtype == torch.uint8 else ""
+        raise TypeError(f"images must be a floating-point tensor in [0, 1]{hint}, got {images.dtype}")
+    if isinstance(input_ids, torch.Tensor) and images.device != input_ids.device:
+        raise ValueError(f"images ({images.device}) and input_ids ({input_ids.device}) must be on one device: "
+                         f"move both with .to(device)")
 
 
 def check_special_ids(config, *names):
@@ -161,6 +174,7 @@ class Llava(nn.Module):
     def forward(self, images, input_ids, attention_mask=None, labels=None, image_index=None, validate=True):
         """images (B_img, 3, H, W) in [0, 1]; input_ids, attention_mask, labels (B, L); image_index (B,).
         validate=False skips the checks that read tensor values (a GPU -> CPU sync each)."""
+        check_vlm_inputs(images, input_ids)
         check_token_ids(input_ids, self.config.vocab_size, read_values=validate)
         if validate:
             self.check_prompts(input_ids, image_index, len(images))
@@ -173,6 +187,7 @@ class Llava(nn.Module):
     @torch.no_grad()
     def generate(self, images, input_ids, attention_mask=None, image_index=None, max_new_tokens=4, **sampling):
         """Answer left-padded prompts with the LM's KV-cached generation: new ids (B, T_new)."""
+        check_vlm_inputs(images, input_ids)
         if attention_mask is not None and not attention_mask[:, -1].all():
             raise ValueError("prompts must be left-padded for generation (encode_chat(..., padding_side='left'))")
         check_token_ids(input_ids, self.config.vocab_size)
