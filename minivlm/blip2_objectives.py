@@ -17,6 +17,7 @@ are never drawn.
 import torch
 import torch.nn.functional as F
 
+from .checks import tensor
 from .contrastive import symmetric_cross_entropy
 
 
@@ -46,6 +47,7 @@ def hard_negatives(logits, generator=None, same=None):
     leaves out pairs of the same image id, for a "negative" that matches teaches ITM the wrong
     answer. A row with nothing else left falls back to every other pair.
     """
+    tensor("logits", logits, dims=2, kind="float", shape="(B, B)")
     B = logits.shape[0]
     if logits.dim() != 2 or logits.shape[1] != B or B < 2:
         raise ValueError(f"logits must be (B, B) with B >= 2 (a pair needs another pair as its negative), "

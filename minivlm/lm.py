@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from . import rope as rope_lib
 from .attention import causal_mask
 from .blocks import RMSNorm, TransformerBlock
-from .checks import booleans, integer, number, positive_ints
+from .checks import booleans, integer, number, positive_ints, tensor
 from .generation import generate
 
 IGNORE_INDEX = -100
@@ -81,7 +81,12 @@ class LMOutput(NamedTuple):
 
 
 def next_token_loss(logits, labels):
-    """Cross-entropy of position t's logits against token t+1; labels -100 are ignored."""
+    """Cross-entropy of position t's logits (B, L, V) against token t+1 of labels (B, L); labels -100 are ignored."""
+    tensor("logits", logits, dims=3, kind="float", shape="(B, L, V)")
+    tensor("labels", labels, dims=2, kind="int", shape="(B, L)")
+    if logits.shape[:2] != labels.shape:
+        raise ValueError(f"logits (B, L, V) and labels (B, L) must agree on (B, L), "
+                         f"got {tuple(logits.shape)} and {tuple(labels.shape)}")
     return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1),
                            ignore_index=IGNORE_INDEX)
 

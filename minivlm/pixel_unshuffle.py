@@ -28,6 +28,8 @@ matters when loading weights trained with the other one.
 import torch
 import torch.nn.functional as F
 
+from .checks import tensor
+
 ORDERS = ("internvl", "torch")
 
 
@@ -88,6 +90,7 @@ def internvl_pixel_shuffle(x, scale_factor=0.5):
     Written the way InternVL writes it: two view/permute rounds, each merging pairs along
     one axis. x is (B, H, W, C).
     """
+    tensor("x", x, dims=4, shape="(B, H, W, C)")
     n, w, h, c = x.shape
     x = x.reshape(n, w, int(h * scale_factor), int(c / scale_factor))
     x = x.permute(0, 2, 1, 3)

@@ -51,7 +51,8 @@ class QFormerConfig:
     layer_norm_eps: float = 1e-12
 
     def __post_init__(self):
-        positive_ints(self, "dim", "depth", "heads", "mlp_hidden", "image_dim", "max_text_len")
+        positive_ints(self, "dim", "depth", "heads", "mlp_hidden", "image_dim", "num_queries", "cross_attention_every",
+                      "max_text_len")
         integer("vocab_size", self.vocab_size, low=0)
         number("layer_norm_eps", self.layer_norm_eps, above=0)
         if self.num_queries < 1:

@@ -24,6 +24,8 @@ are (3, B, L).
 
 import torch
 
+from .checks import tensor
+
 
 def rope_frequencies(head_dim, theta=10000.0, device=None):
     """(D/2,) inverse frequencies θ_i = theta^(-2i/D), highest frequency first."""
@@ -44,6 +46,7 @@ def rope_cos_sin(positions, head_dim, theta=10000.0):
 
 def rotate_half(x):
     """[x1, x2] -> [-x2, x1] over the last dimension (non-interleaved halves)."""
+    tensor("x", x)
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat([-x2, x1], dim=-1)
 

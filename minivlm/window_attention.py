@@ -124,6 +124,8 @@ class DynamicViTConfig:
             raise ValueError(f"full_attention_layers must be a tuple of layer indices in [0, depth={self.depth}), "
                              f"got {layers!r}")
         choice("merger_norm", self.merger_norm, ("layernorm", "rmsnorm"))
+        if self.positions not in ("rope", "learned"):
+            raise ValueError(f"positions must be 'rope' or 'learned', got {self.positions!r}")
 
 
 class DynamicResolutionViT(nn.Module):
@@ -136,8 +138,6 @@ class DynamicResolutionViT(nn.Module):
             raise ValueError(f"dim / heads = {c.dim}/{c.heads} must be a whole multiple of 4 (2D RoPE)")
         if c.window_size is not None:
             window_units(c.window_size, c.patch_size, c.merge_size)
-        if c.positions not in ("rope", "learned"):
-            raise ValueError(f"positions must be 'rope' or 'learned', got {c.positions!r}")
         if c.positions == "learned":      # the ViT / CLIP / SigLIP way, as in chapter 01, resized per image
             self.pos_embed = nn.Parameter(torch.randn(c.dim, c.position_grid, c.position_grid) * 0.02)
         self.patch_embed = PatchEmbed(c.dim, c.patch_size, c.temporal_patch_size, c.in_channels)

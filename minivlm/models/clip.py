@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from ..attention import causal_mask
 from ..blocks import TransformerBlock
-from ..checks import booleans, integer, number, positive_ints
+from ..checks import booleans, integer, number, positive_ints, tensor
 from ..vit import ViT, ViTConfig
 
 
@@ -153,6 +153,8 @@ class CLIP(nn.Module):
         return self.log_logit_scale.clamp(max=math.log(self.config.max_logit_scale)).exp()
 
     def forward(self, images, input_ids, attention_mask=None, validate=True):
+        tensor("images", images, dims=4, shape="(B, 3, H, W)")
+        tensor("input_ids", input_ids, dims=2, kind="int", shape="(B, L)")
         if images.shape[0] != input_ids.shape[0]:
             raise ValueError(f"images and input_ids must hold the same number of pairs, "
                              f"got {images.shape[0]} and {input_ids.shape[0]}")
@@ -191,6 +193,8 @@ def retrieval_recall(image_features, text_features, ks=(1, 5), same_text=None):
     same_text (B, B) bool, optional: texts i and j are identical, so finding text j for image i
     also counts as a hit (a discrete world repeats captions). Returns {"i2t@1": ..., "t2i@1": ...}.
     """
+    tensor("image_features", image_features, dims=2, kind="float", shape="(B, E)")
+    tensor("text_features", text_features, dims=2, kind="float", shape="(B, E)")
     if image_features.dim() != 2 or image_features.shape != text_features.shape:
         raise ValueError(f"image_features and text_features must both be (B, E), got "
                          f"{tuple(image_features.shape)} and {tuple(text_features.shape)}")
