@@ -23,6 +23,8 @@ from .contrastive import symmetric_cross_entropy
 
 def itc_logits(query_features, text_features, logit_scale):
     """(B, Q, E) queries of each image, (B, E) texts -> (B, B): logit_scale · max over queries of the cosine."""
+    tensor("query_features", query_features, kind="float", shape="(B, Q, E)")
+    tensor("text_features", text_features, kind="float", shape="(B, E)")
     if query_features.dim() != 3 or text_features.dim() != 2 or query_features.shape[-1] != text_features.shape[-1]:
         raise ValueError(f"query_features must be (B, Q, E) and text_features (B, E) of the same E, got "
                          f"{tuple(query_features.shape)} and {tuple(text_features.shape)}")

@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .blocks import RMSNorm
+from .checks import tensor
 from .rope import rope_frequencies
 
 
@@ -74,6 +75,7 @@ def patchify_qwen2vl(frames, patch_size=14, temporal_patch_size=2, merge_size=2)
 
 def unpatchify_qwen2vl(patches, grid_thw, channels=3, patch_size=14, temporal_patch_size=2, merge_size=2):
     """The inverse: patches (t·h·w, C·tps·p·p) and grid_thw (3,) -> frames (t·tps, C, h·p, w·p)."""
+    tensor("patches", patches, dims=2, shape="(t·h·w, C·tps·p·p)")
     t, h, w = (int(v) for v in grid_thw)
     p, tps, m, C = patch_size, temporal_patch_size, merge_size, channels
     if tuple(patches.shape) != (t * h * w, C * tps * p * p):

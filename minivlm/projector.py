@@ -16,12 +16,14 @@ The patch tokens are in raster order on a square grid (or pass `grid_size=(H, W)
 
 import torch.nn as nn
 
+from .checks import tensor
 from .pixel_unshuffle import pixel_unshuffle, tokens_to_grid
 
 PROJECTORS = ("linear", "mlp", "unshuffle")
 
 
 def _check_tokens(tokens, dim):
+    tensor("tokens", tokens, kind="float", shape=f"(B, N, {dim})")
     if tokens.dim() != 3 or tokens.shape[-1] != dim:
         raise ValueError(f"vision tokens must be (B, N, {dim}), got {tuple(tokens.shape)}")
 

@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checks import integer, number, positive_ints
+from .checks import integer, number, positive_ints, tensor
 
 OBJECTIVES = ("itc", "itm", "itg")
 
@@ -170,6 +170,7 @@ class QFormer(nn.Module):
         attention_mask: (B, Q+T, Q+T) bool (see qformer_attention_mask); None lets everyone see everyone.
         query_embeds: (B, Q, D) to use instead of the learned queries.
         """
+        tensor("image_features", image_features, dims=3, kind="float", shape="(B, N, image_dim)")
         c = self.config
         if image_features.dim() != 3 or image_features.shape[-1] != c.image_dim:
             raise ValueError(f"image_features must be (B, N, {c.image_dim}), got {tuple(image_features.shape)}")

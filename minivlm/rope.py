@@ -66,6 +66,7 @@ def apply_rope(q, k, cos, sin):
 def rope_complex(x, positions, theta=10000.0):
     """The same rotation written with complex numbers: pair (x_j, x_{j+D/2}) is z_j, and
     RoPE is z_j · e^{i m θ_j}. x (..., L, D), positions (L,) -> (..., L, D)."""
+    tensor("x", x, kind="float", shape="(..., L, D)")
     half = x.shape[-1] // 2
     z = torch.complex(x[..., :half].float(), x[..., half:].float())
     angles = torch.as_tensor(positions, device=x.device).float()[:, None] * rope_frequencies(2 * half, theta, x.device)

@@ -95,12 +95,18 @@ DOCUMENTED = {
     # free-form strings: a device name (checked by torch when fit starts), a path
     ("minivlm.train.TrainConfig", "device", "an unknown option"): "checked by torch.device in fit",
     ("minivlm.train.TrainConfig", "checkpoint_path", "an unknown option"): "any path",
+    # None is documented: a prompt without images (then grid_thw must be None too, and the error names it)
+    ("minivlm.models.qwen2vl.Qwen2VL.forward", "patches", "None"): "None: no images",
+    ("minivlm.models.qwen2vl.Qwen2VL.generate", "patches", "None"): "None: no images",
+    # image processing before normalising, as the reference's on PIL images: any dtype resizes and pads
+    ("minivlm.anyres.resize_and_pad", "image", "uint8 images"): "resizes uint8 pixels as they are",
 }
 # Building blocks inside the models trust their inputs: the model checks them once, at its door
 # (COURSE.md, "validate once at the public entry point"), and a block's forward stays the math.
 INNER_LAYERS = ("minivlm.attention.MultiHeadAttention", "minivlm.blocks.RMSNorm", "minivlm.blocks.SwiGLU",
                 "minivlm.blocks.MLP", "minivlm.dynamic_resolution.PatchEmbed", "minivlm.dynamic_resolution.PatchMerger",
-                "minivlm.gated_xattn.MaskedCrossAttention", "minivlm.perceiver.PerceiverAttention")
+                "minivlm.gated_xattn.MaskedCrossAttention", "minivlm.perceiver.PerceiverAttention",
+                "minivlm.blocks.TransformerBlock", "minivlm.qformer.PostNormAttention", "minivlm.qformer.PostNormFFN")
 # the identity without a process group: it returns what it is given
 DOCUMENTED_ANYTHING = ("minivlm.contrastive.gather_with_grad",)
 # token-id fields: 0 is a valid id (the fields are checked to lie in [0, vocab_size))
@@ -161,7 +167,10 @@ def valid_arguments():
             "ids": torch.randint(4, 50, (2, 8)), "labels": torch.randint(4, 50, (2, 8)), "x": torch.randn(2, 8, 16),
             "patch_size": 4, "factor": 2, "dim": 16, "heads": 2, "num_heads": 2, "image_features": torch.randn(4, 8),
             "text_features": torch.randn(4, 8), "logit_scale": torch.tensor(10.0), "tokens": torch.randn(2, 16, 16),
-            "media": torch.randn(2, 1, 4, 16), "logits": torch.randn(2, 8, 10), "vocab_size": 58}
+            "media": torch.randn(2, 1, 4, 16), "logits": torch.randn(2, 8, 10), "vocab_size": 58,
+            "query_features": torch.randn(4, 3, 8), "logit_bias": torch.tensor(-10.0), "positions": torch.arange(8),
+            "size": (16, 16), "target_size": (32, 32), "original_size": (32, 32), "max_tokens": 16, "crop_size": 32,
+            "grid_pinpoints": [(32, 32), (32, 64)], "features": torch.randn(16, 4, 4), "grid_thw": torch.tensor([[1, 4, 4]])}
 
 
 def fill(fn, skip, values):
@@ -191,10 +200,25 @@ def fuzz_callable(entry, fn, record, skipped):
             record(entry, parameter.name, label, *call(fn, **{**kwargs, parameter.name: bad}))
 
 
+def default_config(cls):
+    """The config a module class takes: its __init__'s annotation, else the Config defined beside it."""
+    annotation = inspect.signature(cls.__init__).parameters["config"].annotation
+    if annotation is inspect.Parameter.empty:
+        annotation = next((c for n, c in CONFIGS.items() if n.rsplit(".", 1)[0] == cls.__module__), None)
+    if annotation is None:
+        return None
+    return annotation(vocab_size=58) if "vocab_size" in {f.name for f in dataclasses.fields(annotation)
+                                                         if f.default is dataclasses.MISSING} else annotation()
+
+
 def build(cls):
     """An instance of an nn.Module class from its defaults and the valid-argument table, or None."""
-    kwargs = fill(cls.__init__, None, {**valid_arguments(), "config": None, "context_dim": 16, "hidden": 32,
-                                       "hidden_dim": 32, "in_dim": 16, "out_dim": 16, "num_classes": 3})
+    values = {**valid_arguments(), "context_dim": 16, "hidden": 32, "hidden_dim": 32, "in_dim": 16, "out_dim": 16,
+              "num_classes": 3, "mlp_hidden": 32, "eps": 1e-6, "depth": 1, "vision_dim": 16, "text_dim": 16,
+              "has_cross_attention": True}
+    if "config" in inspect.signature(cls.__init__).parameters:
+        values["config"] = default_config(cls)
+    kwargs = fill(cls.__init__, None, values)
     if kwargs is None:
         return None
     outcome, model = call(cls, **kwargs)

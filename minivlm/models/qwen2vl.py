@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn as nn
 
-from ..checks import booleans, positive_ints, number
+from ..checks import booleans, number, positive_ints, tensor
 from ..dynamic_resolution import patchify_qwen2vl
 from ..lm import LanguageModel, LMConfig, check_token_ids, next_token_loss
 from ..rope import mrope_position_ids
@@ -265,6 +265,8 @@ class Qwen2VL(nn.Module):
     def forward(self, patches, grid_thw, input_ids, attention_mask=None, labels=None, position_ids=None,
                 validate=True, *, video_patches=None, video_grid_thw=None, video_seconds_per_grid=None):
         check_token_ids(input_ids, self.config.vocab_size, read_values=False)
+        if patches is not None:
+            tensor("patches", patches, dims=2, kind="float", shape="(N, C·t·p·p), from process_images")
         if position_ids is None:
             position_ids = self.position_ids(input_ids, grid_thw, attention_mask, video_grid_thw,
                                              video_seconds_per_grid)
@@ -280,6 +282,8 @@ class Qwen2VL(nn.Module):
         Each new token's id is the prompt's largest + 1 onwards, in all three streams: what Qwen2-VL's
         rope_deltas (mrope_position_ids) carry on after the prompt."""
         check_token_ids(input_ids, self.config.vocab_size, read_values=False)
+        if patches is not None:
+            tensor("patches", patches, dims=2, kind="float", shape="(N, C·t·p·p), from process_images")
         if attention_mask is not None and not attention_mask[:, -1].all():
             raise ValueError("prompts must be left-padded for generation (see left_pad)")
         position_ids = self.position_ids(input_ids, grid_thw, attention_mask, video_grid_thw, video_seconds_per_grid)
