@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .blocks import RMSNorm
-from .checks import tensor
+from .checks import integer, tensor
 from .rope import rope_frequencies
 
 
@@ -88,6 +88,7 @@ def unpatchify_qwen2vl(patches, grid_thw, channels=3, patch_size=14, temporal_pa
 
 def grid_list(grid_thw, merge_size=2):
     """grid_thw (3,) or (n, 3) -> [(t, h, w), ...] as ints, each h and w a positive multiple of merge_size."""
+    integer("merge_size", merge_size, low=1)
     grids = torch.as_tensor(grid_thw).reshape(-1, 3).tolist()
     if not grids:
         raise ValueError("grid_thw is empty: no image to place")

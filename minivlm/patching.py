@@ -13,9 +13,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .checks import integer
+
 
 def check_images(images, patch_size, channels=None, name="images"):
     """Raise a clear ValueError unless `images` is (B, C, H, W) with H and W divisible by `patch_size`."""
+    integer("patch_size", patch_size, low=1)
     if not isinstance(images, torch.Tensor) or images.dim() != 4:
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise ValueError(f"{name} must be a (B, C, H, W) tensor, got {shape}")

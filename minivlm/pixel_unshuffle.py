@@ -34,11 +34,11 @@ ORDERS = ("internvl", "torch")
 
 
 def _check(x, factor, order, name="x"):
+    if not isinstance(factor, int) or isinstance(factor, bool) or factor < 1:
+        raise ValueError(f"factor must be a positive int, got {factor!r}")
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"{name} must be a channels-last token grid (B, H, W, C), got {shape}")
-    if not isinstance(factor, int) or isinstance(factor, bool) or factor < 1:
-        raise ValueError(f"factor must be a positive int, got {factor!r}")
     if order not in ORDERS:
         raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
 

@@ -24,11 +24,12 @@ are (3, B, L).
 
 import torch
 
-from .checks import tensor
+from .checks import integer, tensor
 
 
 def rope_frequencies(head_dim, theta=10000.0, device=None):
     """(D/2,) inverse frequencies θ_i = theta^(-2i/D), highest frequency first."""
+    integer("head_dim", head_dim, low=1)
     if head_dim <= 0 or head_dim % 2:
         raise ValueError(f"head_dim must be a positive even number for RoPE, got {head_dim}")
     exponents = torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim

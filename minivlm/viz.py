@@ -7,7 +7,7 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 
-from .checks import tensor
+from .checks import integer, tensor
 
 
 def _to_numpy_image(image):
@@ -75,6 +75,7 @@ def overlay_attention(axis, image, weights, cmap="plasma"):
 def draw_patch_grid(image, patch_size, axis=None, color="white"):
     """Show image (3, H, W) with lines between its patch_size × patch_size patches."""
     tensor("image", image, dims=3, kind="float", shape="(3, H, W)")
+    integer("patch_size", patch_size, low=1)
     if axis is None:
         _, axis = plt.subplots(figsize=(3, 3))
     H, W = image.shape[-2:]

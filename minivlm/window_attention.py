@@ -37,6 +37,8 @@ from .dynamic_resolution import (PatchEmbed, PatchMerger, grid_list, vision_cu_s
 
 def window_units(window_size, patch_size, merge_size):
     """The window's side in merge units (Qwen2.5-VL: 112 px / 14 px / 2 = 4)."""
+    for name, value in (("window_size", window_size), ("patch_size", patch_size), ("merge_size", merge_size)):
+        integer(name, value, low=1)
     side = window_size // (patch_size * merge_size)
     if side < 1 or side * patch_size * merge_size != window_size:
         raise ValueError(f"window_size={window_size} must be a positive multiple of patch_size·merge_size = "

@@ -54,6 +54,11 @@ TENSORS = set(IMAGES) | IDS | {"x", "tokens", "media", "logits", "image_features
                           "patches", "embeds", "inputs_embeds", "latents", "kv", "grid", "query", "key", "value"}
 
 
+SIZES = {"patch_size", "factor", "batch_size", "max_new_tokens", "head_dim", "merge_size", "temporal_patch_size",
+         "heads", "dim", "num_heads", "crop_size", "max_tokens", "image_size", "num_latents", "depth"}   # ints >= 1
+SIZE_MISTAKES = (("0", 0), ("-1", -1), ('"10"', "10"), ("2.5", 2.5))
+
+
 def tensor_mistakes(name):
     """(label, bad value) for a tensor parameter `name`."""
     yield "None", None
@@ -98,6 +103,9 @@ DOCUMENTED = {
     # None is documented: a prompt without images (then grid_thw must be None too, and the error names it)
     ("minivlm.models.qwen2vl.Qwen2VL.forward", "patches", "None"): "None: no images",
     ("minivlm.models.qwen2vl.Qwen2VL.generate", "patches", "None"): "None: no images",
+    # an empty batch of scenes is a batch
+    ("minivlm.data.world.sample_scenes", "batch_size", "0"): "0 scenes: an empty SceneBatch",
+    ("minivlm.data.video.sample_videos", "batch_size", "0"): "0 videos: an empty VideoBatch",
     # image processing before normalising, as the reference's on PIL images: any dtype resizes and pads
     ("minivlm.anyres.resize_and_pad", "image", "uint8 images"): "resizes uint8 pixels as they are",
 }
@@ -187,16 +195,19 @@ def fill(fn, skip, values):
     return kwargs
 
 
-def fuzz_callable(entry, fn, record, skipped):
-    """Each required tensor parameter of fn, in turn, gets each of its mistakes; the others valid values."""
-    parameters = [p for p in inspect.signature(fn).parameters.values()
-                  if p.name in TENSORS and p.default is p.empty and p.kind != p.VAR_POSITIONAL]
+def fuzz_callable(entry, fn, record, skipped, sizes=True):
+    """Each required tensor parameter (and each size parameter, with `sizes`) of fn, in turn, gets
+    each of its mistakes; the others valid values. A model's generate needs real prompts for its
+    sizes to be reached, so models get the tensor mistakes only."""
+    parameters = [p for p in inspect.signature(fn).parameters.values() if p.kind != p.VAR_POSITIONAL and
+                  ((p.name in TENSORS and p.default is p.empty) or (sizes and p.name in SIZES))]
     for parameter in parameters:
         kwargs = fill(fn, parameter.name, valid_arguments())
         if kwargs is None:
             skipped.append(f"{entry}({parameter.name})")
             continue
-        for label, bad in tensor_mistakes(parameter.name):
+        mistakes = SIZE_MISTAKES if parameter.name in SIZES else tensor_mistakes(parameter.name)
+        for label, bad in mistakes:
             record(entry, parameter.name, label, *call(fn, **{**kwargs, parameter.name: bad}))
 
 
@@ -243,7 +254,7 @@ def fuzz():
             continue
         for method in ("forward", "generate"):
             if hasattr(model, method):
-                fuzz_callable(f"{name}.{method}", getattr(model, method), record, skipped)
+                fuzz_callable(f"{name}.{method}", getattr(model, method), record, skipped, sizes=False)
     return results, skipped
 
 
