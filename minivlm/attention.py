@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .checks import integer
 from .rope import apply_rope
 
 
@@ -85,6 +86,8 @@ class MultiHeadAttention(nn.Module):
 
     def __init__(self, dim, num_heads, *, context_dim=None, bias=True, kv_heads=None):
         super().__init__()
+        integer("dim", dim, low=1)
+        integer("num_heads", num_heads, low=1)
         if dim % num_heads:
             raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads}")
         kv_heads = num_heads if kv_heads is None else kv_heads

@@ -17,11 +17,14 @@ are never drawn.
 import torch
 import torch.nn.functional as F
 
+from .checks import tensor
 from .contrastive import symmetric_cross_entropy
 
 
 def itc_logits(query_features, text_features, logit_scale):
     """(B, Q, E) queries of each image, (B, E) texts -> (B, B): logit_scale · max over queries of the cosine."""
+    tensor("query_features", query_features, kind="float", shape="(B, Q, E)")
+    tensor("text_features", text_features, kind="float", shape="(B, E)")
     if query_features.dim() != 3 or text_features.dim() != 2 or query_features.shape[-1] != text_features.shape[-1]:
         raise ValueError(f"query_features must be (B, Q, E) and text_features (B, E) of the same E, got "
                          f"{tuple(query_features.shape)} and {tuple(text_features.shape)}")
@@ -46,6 +49,7 @@ def hard_negatives(logits, generator=None, same=None):
     leaves out pairs of the same image id, for a "negative" that matches teaches ITM the wrong
     answer. A row with nothing else left falls back to every other pair.
     """
+    tensor("logits", logits, dims=2, kind="float", shape="(B, B)")
     B = logits.shape[0]
     if logits.dim() != 2 or logits.shape[1] != B or B < 2:
         raise ValueError(f"logits must be (B, B) with B >= 2 (a pair needs another pair as its negative), "

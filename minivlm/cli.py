@@ -42,16 +42,18 @@ def tour(args):
     import torch
     from .data import QUESTION_KINDS
     from .models.llava import answer_questions
-    from .train import pick_device
     from .tour import held_out_test, save_vlm, train_vlm
     from .viz import answer_figure
 
     started = time.perf_counter()
     if args.steps is not None and args.steps < 1:
         raise CLIError(f"--steps must be >= 1, got {args.steps}")
+    _check_at_least(args.seed, "--seed", 0)
+    if args.threads is not None:
+        _check_at_least(args.threads, "--threads", 1)
     _check_writable(args.out, "--out")
     _check_writable(args.checkpoint, "--checkpoint")
-    device = pick_device(args.device)
+    device = _device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(args.threads or os.cpu_count() or 1)
 
@@ -130,10 +132,12 @@ def ask(args):
     from .data import ShapesGenerator, WorldConfig, caption
     from .models.llava import decode_answers
     from .tour import load_vlm
-    from .train import pick_device
     from .viz import answer_figure
 
-    device = pick_device(args.device)
+    if not args.question.strip():
+        raise CLIError("--question is empty: ask e.g. \"how many red shapes are there ?\"")
+    _check_at_least(args.seed, "--seed", 0)
+    device = _device(args.device)
     _check_writable(args.out, "--out")
     try:
         model, tokenizer = load_vlm(args.checkpoint, device)
@@ -180,6 +184,8 @@ def capstone(args):
         raise CLIError(f"--workers must be >= 0 (0: run here), got {args.workers}")
     if args.mixed_steps is not None and (args.mixed_steps < 1 or not args.mixed):
         raise CLIError(f"--mixed-steps must be >= 1 and goes with --mixed, got {args.mixed_steps}")
+    for seed in args.seeds:
+        _check_at_least(seed, "--seeds", 0)
     if len(set(args.seeds)) != len(args.seeds):
         raise CLIError(f"--seeds must be distinct, got {args.seeds}")
     unknown = [c for c in args.connectors if c not in CONNECTORS]
@@ -209,14 +215,47 @@ def capstone(args):
 
 # ----------------------------------------------------------------------------- helpers
 
+def _check_at_least(value, flag, low):
+    if value < low:
+        raise CLIError(f"{flag} must be >= {low}, got {value}")
+
+
+def _device(name):
+    """--device: None (the best here), or cpu / cuda[:i] / mps where there is one."""
+    import torch
+    from .train import pick_device
+
+    if name is None:
+        return pick_device()
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise CLIError(f"--device must be cpu, cuda, cuda:N or mps, got {name!r}") from None
+    there = {"cpu": lambda: True, "cuda": lambda: torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count(),
+             "mps": lambda: getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()}
+    if device.type not in there:
+        raise CLIError(f"--device must be cpu, cuda, cuda:N or mps, got {name!r}")
+    if not there[device.type]():
+        raise CLIError(f"--device {name}: there is no such device here (leave --device out for the best one)")
+    return device
+
+
 def _check_writable(path, flag):
+    """Fail before any work when `path` cannot be written: a directory, under a file, or a read-only place."""
+    import tempfile
+
     if os.path.isdir(path):
         raise CLIError(f"{flag} {path} is a directory; give a file name")
     directory = os.path.dirname(os.path.abspath(path))
     while not os.path.exists(directory):
         directory = os.path.dirname(directory)
-    if not os.access(directory, os.W_OK):
-        raise CLIError(f"{flag}: cannot write to {path}")
+    if not os.path.isdir(directory):
+        raise CLIError(f"{flag}: cannot write to {path}: {directory} is a file, not a directory")
+    try:                                   # os.access says yes to root even on /proc: try it
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as error:
+        raise CLIError(f"{flag}: cannot write to {path}: {directory} is not writable ({error.strerror or error})") from None
 
 
 def _save_figure(figure, path, close=True):
@@ -229,7 +268,7 @@ def _save_figure(figure, path, close=True):
     try:
         figure.savefig(tmp_path, dpi=120, format=extension[1:] or "png")
         os.replace(tmp_path, path)
-    except ValueError as error:
+    except (ValueError, OSError) as error:
         raise CLIError(f"cannot save the figure to {path}: {error}") from None
     finally:
         if os.path.exists(tmp_path):

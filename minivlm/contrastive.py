@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from .checks import tensor
 from .distributed import world
 
 
@@ -75,6 +76,9 @@ def clip_loss(image_features, text_features, logit_scale):
 
 def symmetric_cross_entropy(logits):
     """(B, B) logits with the pairs on the diagonal -> mean of the row-wise and column-wise cross-entropy."""
+    tensor("logits", logits, dims=2, kind="float", shape="(B, B)")
+    if logits.shape[0] != logits.shape[1]:
+        raise ValueError(f"logits must be square (B, B), pairs on the diagonal, got {tuple(logits.shape)}")
     targets = torch.arange(logits.shape[0], device=logits.device)
     image_to_text = F.cross_entropy(logits, targets)       # row i: which text belongs to image i?
     text_to_image = F.cross_entropy(logits.T, targets)     # column j: which image belongs to text j?

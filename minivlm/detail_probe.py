@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from .anyres import reduce_tokens
 from .data.canvas import CANVAS_SIZES, canvas_configs, render_canvas, sample_canvas_scenes
 from .dynamic_resolution import patchify_qwen2vl
+from .patching import check_images
 from .train import TrainConfig, fit
 from .window_attention import DynamicResolutionViT, DynamicViTConfig
 
@@ -96,6 +97,7 @@ def token_grid(arm, height, width):
 
 def resize_images(images, size):
     """images (B, 3, H, W) -> (B, 3, *size): area-averaged when shrinking, bilinear when growing; size None: as is."""
+    check_images(images, 1)
     if size is None:
         return images
     shrinking = size[0] * size[1] < images.shape[2] * images.shape[3]

@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .blocks import RMSNorm
+from .checks import integer, tensor
 from .rope import rope_frequencies
 
 
@@ -74,6 +75,7 @@ def patchify_qwen2vl(frames, patch_size=14, temporal_patch_size=2, merge_size=2)
 
 def unpatchify_qwen2vl(patches, grid_thw, channels=3, patch_size=14, temporal_patch_size=2, merge_size=2):
     """The inverse: patches (t·h·w, C·tps·p·p) and grid_thw (3,) -> frames (t·tps, C, h·p, w·p)."""
+    tensor("patches", patches, dims=2, shape="(t·h·w, C·tps·p·p)")
     t, h, w = (int(v) for v in grid_thw)
     p, tps, m, C = patch_size, temporal_patch_size, merge_size, channels
     if tuple(patches.shape) != (t * h * w, C * tps * p * p):
@@ -86,6 +88,7 @@ def unpatchify_qwen2vl(patches, grid_thw, channels=3, patch_size=14, temporal_pa
 
 def grid_list(grid_thw, merge_size=2):
     """grid_thw (3,) or (n, 3) -> [(t, h, w), ...] as ints, each h and w a positive multiple of merge_size."""
+    integer("merge_size", merge_size, low=1)
     grids = torch.as_tensor(grid_thw).reshape(-1, 3).tolist()
     if not grids:
         raise ValueError("grid_thw is empty: no image to place")

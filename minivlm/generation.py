@@ -12,11 +12,13 @@ to the top_k most likely tokens (Fan et al. 2018, arXiv 1805.04833); temperature
 import torch
 
 from .attention import causal_mask
+from .checks import tensor
 
 
 def sample_next_token(logits, temperature=0.0, top_k=None, generator=None):
     """Pick one token per row from logits (B, V): argmax at temperature 0, else sample from
     softmax(logits / temperature) restricted to the top_k most likely tokens. Returns (B,)."""
+    tensor("logits", logits, dims=2, kind="float", shape="(B, V)")
     if temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits.float() / temperature

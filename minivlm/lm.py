@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from . import rope as rope_lib
 from .attention import causal_mask
 from .blocks import RMSNorm, TransformerBlock
+from .checks import booleans, integer, number, positive_ints, tensor
 from .generation import generate
 
 IGNORE_INDEX = -100
@@ -51,8 +52,11 @@ class LMConfig:
     norm_eps: float = 1e-6        # RMSNorm's eps (LLaMA uses 1e-6, SmolLM2 1e-5)
 
     def __post_init__(self):
-        if self.vocab_size < 1:
-            raise ValueError(f"vocab_size must be >= 1, got {self.vocab_size}")
+        positive_ints(self, "vocab_size", "dim", "depth", "heads", "max_seq_len")
+        if self.mlp_hidden is not None:
+            integer("mlp_hidden", self.mlp_hidden, low=1)
+        number("rope_theta", self.rope_theta, above=0)
+        booleans(self, "tie_embeddings")
         if self.dim % self.heads:
             raise ValueError(f"dim={self.dim} must be divisible by heads={self.heads}")
         if (self.dim // self.heads) % 2:
@@ -81,7 +85,12 @@ class LMOutput(NamedTuple):
 
 
 def next_token_loss(logits, labels):
-    """Cross-entropy of position t's logits against token t+1; labels -100 are ignored."""
+    """Cross-entropy of position t's logits (B, L, V) against token t+1 of labels (B, L); labels -100 are ignored."""
+    tensor("logits", logits, dims=3, kind="float", shape="(B, L, V)")
+    tensor("labels", labels, dims=2, kind="int", shape="(B, L)")
+    if logits.shape[:2] != labels.shape:
+        raise ValueError(f"logits (B, L, V) and labels (B, L) must agree on (B, L), "
+                         f"got {tuple(logits.shape)} and {tuple(labels.shape)}")
     return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1),
                            ignore_index=IGNORE_INDEX)
 

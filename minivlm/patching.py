@@ -13,12 +13,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .checks import integer
+
 
 def check_images(images, patch_size, channels=None, name="images"):
     """Raise a clear ValueError unless `images` is (B, C, H, W) with H and W divisible by `patch_size`."""
+    integer("patch_size", patch_size, low=1)
     if not isinstance(images, torch.Tensor) or images.dim() != 4:
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise ValueError(f"{name} must be a (B, C, H, W) tensor, got {shape}")
+    if not images.is_floating_point():
+        hint = ": divide uint8 pixels by 255 (images.float() / 255)" if images.dtype == torch.uint8 else ""
+        raise TypeError(f"{name} must be a floating-point tensor in [0, 1]{hint}, got {images.dtype}")
     B, C, H, W = images.shape
     if B == 0:
         raise ValueError(f"{name} is an empty batch (B = 0): expected at least one image")

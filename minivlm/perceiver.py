@@ -25,9 +25,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .checks import integer, number
+
 
 def feed_forward(dim, mult=4):
     """LayerNorm, Linear(D, mult·D), GELU, Linear(mult·D, D), bias-free: (..., D) -> (..., D)."""
+    integer("dim", dim, low=1)
+    number("mult", mult, above=0)
     inner = int(dim * mult)
     return nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, inner, bias=False), nn.GELU(),
                          nn.Linear(inner, dim, bias=False))

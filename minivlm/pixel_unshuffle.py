@@ -28,15 +28,17 @@ matters when loading weights trained with the other one.
 import torch
 import torch.nn.functional as F
 
+from .checks import tensor
+
 ORDERS = ("internvl", "torch")
 
 
 def _check(x, factor, order, name="x"):
+    if not isinstance(factor, int) or isinstance(factor, bool) or factor < 1:
+        raise ValueError(f"factor must be a positive int, got {factor!r}")
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"{name} must be a channels-last token grid (B, H, W, C), got {shape}")
-    if not isinstance(factor, int) or isinstance(factor, bool) or factor < 1:
-        raise ValueError(f"factor must be a positive int, got {factor!r}")
     if order not in ORDERS:
         raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
 
@@ -88,6 +90,7 @@ def internvl_pixel_shuffle(x, scale_factor=0.5):
     Written the way InternVL writes it: two view/permute rounds, each merging pairs along
     one axis. x is (B, H, W, C).
     """
+    tensor("x", x, dims=4, shape="(B, H, W, C)")
     n, w, h, c = x.shape
     x = x.reshape(n, w, int(h * scale_factor), int(c / scale_factor))
     x = x.permute(0, 2, 1, 3)

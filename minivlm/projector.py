@@ -24,12 +24,14 @@ One more, outside PROJECTORS, for loading real weights (interop.py):
 
 import torch.nn as nn
 
+from .checks import tensor
 from .pixel_unshuffle import pixel_unshuffle, tokens_to_grid
 
 PROJECTORS = ("linear", "mlp", "unshuffle")
 
 
 def _check_tokens(tokens, dim):
+    tensor("tokens", tokens, kind="float", shape=f"(B, N, {dim})")
     if tokens.dim() != 3 or tokens.shape[-1] != dim:
         raise ValueError(f"vision tokens must be (B, N, {dim}), got {tuple(tokens.shape)}")
 

@@ -32,6 +32,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .checks import integer, number, positive_ints, tensor
+
 OBJECTIVES = ("itc", "itm", "itg")
 
 
@@ -49,6 +51,10 @@ class QFormerConfig:
     layer_norm_eps: float = 1e-12
 
     def __post_init__(self):
+        positive_ints(self, "dim", "depth", "heads", "mlp_hidden", "image_dim", "num_queries", "cross_attention_every",
+                      "max_text_len")
+        integer("vocab_size", self.vocab_size, low=0)
+        number("layer_norm_eps", self.layer_norm_eps, above=0)
         if self.num_queries < 1:
             raise ValueError(f"num_queries must be >= 1, got {self.num_queries}")
         if self.dim % self.heads:
@@ -164,6 +170,7 @@ class QFormer(nn.Module):
         attention_mask: (B, Q+T, Q+T) bool (see qformer_attention_mask); None lets everyone see everyone.
         query_embeds: (B, Q, D) to use instead of the learned queries.
         """
+        tensor("image_features", image_features, dims=3, kind="float", shape="(B, N, image_dim)")
         c = self.config
         if image_features.dim() != 3 or image_features.shape[-1] != c.image_dim:
             raise ValueError(f"image_features must be (B, N, {c.image_dim}), got {tuple(image_features.shape)}")

@@ -24,9 +24,12 @@ are (3, B, L).
 
 import torch
 
+from .checks import integer, tensor
+
 
 def rope_frequencies(head_dim, theta=10000.0, device=None):
     """(D/2,) inverse frequencies θ_i = theta^(-2i/D), highest frequency first."""
+    integer("head_dim", head_dim, low=1)
     if head_dim <= 0 or head_dim % 2:
         raise ValueError(f"head_dim must be a positive even number for RoPE, got {head_dim}")
     exponents = torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim
@@ -44,6 +47,7 @@ def rope_cos_sin(positions, head_dim, theta=10000.0):
 
 def rotate_half(x):
     """[x1, x2] -> [-x2, x1] over the last dimension (non-interleaved halves)."""
+    tensor("x", x)
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat([-x2, x1], dim=-1)
 
@@ -63,6 +67,7 @@ def apply_rope(q, k, cos, sin):
 def rope_complex(x, positions, theta=10000.0):
     """The same rotation written with complex numbers: pair (x_j, x_{j+D/2}) is z_j, and
     RoPE is z_j · e^{i m θ_j}. x (..., L, D), positions (L,) -> (..., L, D)."""
+    tensor("x", x, kind="float", shape="(..., L, D)")
     half = x.shape[-1] // 2
     z = torch.complex(x[..., :half].float(), x[..., half:].float())
     angles = torch.as_tensor(positions, device=x.device).float()[:, None] * rope_frequencies(2 * half, theta, x.device)

@@ -40,6 +40,7 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 
+from .checks import tensor
 from .data import Tokenizer
 from .data.video import VideoConfig, render_video, sample_videos
 from .models.qwen2vl import Qwen2VL, Qwen2VLConfig, process_videos
@@ -162,6 +163,7 @@ class TimeProbe(nn.Module):
         self.head = nn.Linear(self.vlm.config.text_dim, 2)
 
     def forward(self, patches, grid_thw, seconds=None):
+        tensor("patches", patches, dims=2, kind="float", shape="(N, C·t·p·p)")
         lm_grid = self.vlm.video_token_grid(grid_thw)
         t, h, w = (lm_grid[0] // torch.tensor([1, 2, 2])).tolist()
         B = len(grid_thw)

@@ -30,6 +30,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from .checks import booleans, integer, number
 from .distributed import join, rebuild, shard
 
 
@@ -55,10 +56,24 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self):
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        integer("steps", self.steps, low=1)
+        number("lr", self.lr, above=0)
+        number("weight_decay", self.weight_decay, low=0)
+        if not isinstance(self.betas, (tuple, list)) or len(self.betas) != 2:
+            raise ValueError(f"betas must be a pair (beta1, beta2), got {self.betas!r}")
+        for i, beta in enumerate(self.betas):
+            number(f"betas[{i}]", beta, low=0, below=1)
+        integer("warmup_steps", self.warmup_steps, low=0)
+        number("min_lr_ratio", self.min_lr_ratio, low=0, high=1)
+        number("grad_clip", self.grad_clip, low=0)
+        if self.device is not None and not isinstance(self.device, (str, torch.device)):
+            raise TypeError(f"device must be None, a str like 'cuda' or a torch.device, got {self.device!r}")
+        booleans(self, "amp", "compile", "progress")
+        integer("seed", self.seed)
+        integer("eval_every", self.eval_every, low=0)
+        integer("checkpoint_every", self.checkpoint_every, low=0)
+        if self.checkpoint_path is not None and not isinstance(self.checkpoint_path, (str, os.PathLike)):
+            raise TypeError(f"checkpoint_path must be None or a path, got {self.checkpoint_path!r}")
 
 
 def pick_device(override=None):
@@ -118,9 +133,16 @@ def save_checkpoint(path, model, optimizer=None, step=0, history=None, extra=Non
         state["optimizer"] = optimizer.state_dict()
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"path must be a file, not a directory: {path}")
     tmp_path = f"{path}.tmp{os.getpid()}"
-    torch.save(state, tmp_path)
-    os.replace(tmp_path, path)
+    try:
+        torch.save(state, tmp_path)
+        os.replace(tmp_path, path)
+    except BaseException:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+        raise
 
 
 def load_checkpoint(path, model=None, optimizer=None, map_location="cpu"):
@@ -186,9 +208,18 @@ def fit(model, get_batch, loss_fn, config=None, eval_fn=None, resume_from=None):
     pending = []    # the latest losses, still on the device: read in one go (one GPU -> CPU sync)
 
     def read_losses():
+        # Read at the bar's refresh, eval and checkpoint points only; a NaN loss stops
+        # training there, naming the step, instead of training on (no per-step sync).
         if pending:
-            history["loss"].extend(torch.stack(pending).tolist())
+            losses = torch.stack(pending).tolist()
+            first = history["step"][-len(pending)]
             pending.clear()
+            bad = [first + i for i, value in enumerate(losses) if not math.isfinite(value)]
+            if bad:
+                raise FloatingPointError(
+                    f"the loss is not finite at step {bad[0]} (read back for steps {first}..{first + len(losses) - 1}): "
+                    f"check the data and loss_fn, or lower lr")
+            history["loss"].extend(losses)
             bar.set_postfix(loss=f"{history['loss'][-1]:.4f}")
 
     started = time.perf_counter()
@@ -199,6 +230,9 @@ def fit(model, get_batch, loss_fn, config=None, eval_fn=None, resume_from=None):
         batch = shard(move_to(get_batch(step), device), rank, world_size)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             loss = loss_fn(train_model, batch)
+        if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+            raise TypeError(f"loss_fn must return a scalar tensor, got {type(loss).__name__}"
+                            f"{' of shape ' + str(tuple(loss.shape)) if isinstance(loss, torch.Tensor) else ''}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip:

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from .blocks import TransformerBlock
 from .patching import PatchEmbed
 from . import rope as rope_lib
+from .checks import number, positive_ints
 
 POSITIONS = ("learned", "sincos", "rope2d", "none")
 
@@ -51,6 +52,8 @@ class ViTConfig:
     mlp_hidden: int = None        # MLP width; None -> int(dim · mlp_ratio)
 
     def __post_init__(self):
+        positive_ints(self, "image_size", "patch_size", "channels", "dim", "depth", "heads")
+        number("mlp_ratio", self.mlp_ratio, above=0)
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size={self.image_size} is not divisible by patch_size={self.patch_size}")
         if self.positions not in POSITIONS:

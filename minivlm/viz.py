@@ -7,6 +7,8 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 
+from .checks import integer, tensor
+
 
 def _to_numpy_image(image):
     """(3, H, W) tensor in [0, 1] -> (H, W, 3) array for imshow."""
@@ -15,6 +17,7 @@ def _to_numpy_image(image):
 
 def show_images(images, titles=None, ncols=8, size=2.0, colors=None):
     """A grid of (B, 3, H, W) images in [0, 1], each with an optional title (and title colour)."""
+    tensor("images", images, dims=4, kind="float", shape="(B, 3, H, W)")
     count = len(images)
     ncols = max(1, min(ncols, count))
     nrows = (count + ncols - 1) // ncols
@@ -71,6 +74,8 @@ def overlay_attention(axis, image, weights, cmap="plasma"):
 
 def draw_patch_grid(image, patch_size, axis=None, color="white"):
     """Show image (3, H, W) with lines between its patch_size × patch_size patches."""
+    tensor("image", image, dims=3, kind="float", shape="(3, H, W)")
+    integer("patch_size", patch_size, low=1)
     if axis is None:
         _, axis = plt.subplots(figsize=(3, 3))
     H, W = image.shape[-2:]

@@ -30,12 +30,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .blocks import TransformerBlock
+from .checks import choice, integer, positive_ints, tensor
 from .dynamic_resolution import (PatchEmbed, PatchMerger, grid_list, vision_cu_seqlens, vision_position_ids,
                                  vision_rope)
 
 
 def window_units(window_size, patch_size, merge_size):
     """The window's side in merge units (Qwen2.5-VL: 112 px / 14 px / 2 = 4)."""
+    for name, value in (("window_size", window_size), ("patch_size", patch_size), ("merge_size", merge_size)):
+        integer(name, value, low=1)
     side = window_size // (patch_size * merge_size)
     if side < 1 or side * patch_size * merge_size != window_size:
         raise ValueError(f"window_size={window_size} must be a positive multiple of patch_size·merge_size = "
@@ -112,6 +115,20 @@ class DynamicViTConfig:
     positions: str = "rope"               # "rope": Qwen2-VL's 2D RoPE; "learned": a learned table, interpolated
     position_grid: int = 8                # "learned": the table's side in patches (resized to each image's grid)
 
+    def __post_init__(self):
+        positive_ints(self, "dim", "depth", "heads", "mlp_ratio", "patch_size", "temporal_patch_size", "merge_size",
+                      "out_dim", "in_channels", "position_grid")
+        if self.window_size is not None:
+            integer("window_size", self.window_size, low=1)
+        layers = self.full_attention_layers
+        if not isinstance(layers, (tuple, list)) or not all(
+                isinstance(i, int) and not isinstance(i, bool) and 0 <= i < self.depth for i in layers):
+            raise ValueError(f"full_attention_layers must be a tuple of layer indices in [0, depth={self.depth}), "
+                             f"got {layers!r}")
+        choice("merger_norm", self.merger_norm, ("layernorm", "rmsnorm"))
+        if self.positions not in ("rope", "learned"):
+            raise ValueError(f"positions must be 'rope' or 'learned', got {self.positions!r}")
+
 
 class DynamicResolutionViT(nn.Module):
     """patches (N, C·tps·p·p) of packed images, grid_thw (n, 3) -> merged tokens (N / m², out_dim), in input order."""
@@ -123,8 +140,6 @@ class DynamicResolutionViT(nn.Module):
             raise ValueError(f"dim / heads = {c.dim}/{c.heads} must be a whole multiple of 4 (2D RoPE)")
         if c.window_size is not None:
             window_units(c.window_size, c.patch_size, c.merge_size)
-        if c.positions not in ("rope", "learned"):
-            raise ValueError(f"positions must be 'rope' or 'learned', got {c.positions!r}")
         if c.positions == "learned":      # the ViT / CLIP / SigLIP way, as in chapter 01, resized per image
             self.pos_embed = nn.Parameter(torch.randn(c.dim, c.position_grid, c.position_grid) * 0.02)
         self.patch_embed = PatchEmbed(c.dim, c.patch_size, c.temporal_patch_size, c.in_channels)
@@ -145,6 +160,13 @@ class DynamicResolutionViT(nn.Module):
 
     def forward(self, patches, grid_thw):
         c = self.config
+        width = c.in_channels * c.temporal_patch_size * c.patch_size ** 2
+        tensor("patches", patches, dims=2, kind="float", shape=f"(N, C·t·p·p) = (N, {width})")
+        if patches.shape[1] != width:
+            raise ValueError(f"patches must be (N, C·t·p·p) = (N, {width}), got {tuple(patches.shape)}: "
+                             f"make them with patchify_qwen2vl")
+        if not isinstance(grid_thw, (torch.Tensor, list, tuple)):
+            raise TypeError(f"grid_thw must be a (n, 3) tensor or list of (t, h, w), got {type(grid_thw).__name__}")
         grids = grid_list(grid_thw, c.merge_size)
         if len(patches) != sum(t * h * w for t, h, w in grids):
             raise ValueError(f"patches has {len(patches)} rows but grid_thw {grids} holds "

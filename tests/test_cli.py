@@ -123,6 +123,38 @@ def test_tour_rejects_bad_arguments_before_training(tmp_path, capsys):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["ask", "--question", "how many shapes are there ?", "--device", "gpu"], "--device must be cpu, cuda"),
+    (["ask", "--question", "how many shapes are there ?", "--device", "cuda:7"], "no such device"),
+    (["ask", "--question", "how many shapes are there ?", "--out", "{file}/ask.png"], "is a file, not a directory"),
+    (["ask", "--question", "how many shapes are there ?", "--out", "/proc/ask.png"], "cannot write to /proc/ask.png"),
+    (["ask", "--question", ""], "--question is empty"),
+    (["ask", "--question", "  "], "--question is empty"),
+    (["ask", "--question", "how many shapes are there ?", "--seed", "-1"], "--seed must be >= 0"),
+    (["tour", "--threads", "0"], "--threads must be >= 1"),
+    (["tour", "--device", "cuda:7"], "no such device"),
+    (["tour", "--checkpoint", "{file}/t.pt"], "--checkpoint: cannot write"),
+    (["capstone", "--seeds", "-1"], "--seeds must be >= 0"),
+    (["capstone", "--steps", "0"], "--steps must be >= 1"),
+    (["capstone", "--out", "{file}"], "is a file"),
+    (["capstone", "--out", "{file}/sub"], "is a file, not a directory"),
+])
+def test_user_mistakes_are_one_line_and_write_nothing(tmp_path, capsys, argv, message):
+    (tmp_path / "file").write_text("")
+    argv = [a.replace("{file}", str(tmp_path / "file")) for a in argv]
+    if "--out" not in argv and argv[0] != "capstone":
+        argv += ["--out", str(tmp_path / "out.png")]
+    if argv[0] == "tour" and "--checkpoint" not in argv:
+        argv += ["--checkpoint", str(tmp_path / "t.pt")]
+    if argv[0] == "capstone" and "--out" not in argv:
+        argv += ["--out", str(tmp_path / "capstone")]
+    if "cuda:7" in argv and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    status, _, err = run(argv, capsys)
+    assert status == 2 and message in err and err.startswith(f"minivlm {argv[0]}: ") and "\n" not in err, err
+    assert os.listdir(tmp_path) == ["file"]
+
+
 def test_exercises_subcommand_is_forwarded(tmp_path, capsys):
     status, text, _ = run(["exercises", "--check", "--solutions", str(tmp_path), "--exercises", str(tmp_path)], capsys)
     assert status == 0 and text == ""

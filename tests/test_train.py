@@ -97,6 +97,41 @@ def test_checkpoint_errors(tmp_path):
     assert not [p for p in os.listdir(tmp_path) if ".tmp" in p]
 
 
+def test_nan_loss_stops_training_naming_the_step():
+    calls = []
+
+    def nan_at_37(model, batch):
+        calls.append(1)
+        loss = loss_fn(model, batch)
+        return loss * float("nan") if len(calls) == 38 else loss
+    with pytest.raises(FloatingPointError, match=r"step 37 \(read back for steps 25\.\.49\)"):
+        fit(make_model(), get_batch, nan_at_37, quiet(steps=100))
+    with pytest.raises(TypeError, match="scalar tensor"):
+        fit(make_model(), get_batch, lambda m, b: 1.0, quiet(steps=3))
+
+
+def test_save_checkpoint_leaves_no_temporary_file(tmp_path, monkeypatch):
+    model = make_model()
+    (tmp_path / "dir.pt").mkdir()
+    with pytest.raises(IsADirectoryError, match="dir.pt"):
+        save_checkpoint(str(tmp_path / "dir.pt"), model)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    if not os.access(locked, os.W_OK):           # root may write anywhere
+        with pytest.raises(PermissionError):
+            save_checkpoint(str(locked / "ck.pt"), model)
+    locked.chmod(0o700)
+
+    def failing_save(state, path):
+        open(path, "wb").write(b"half a file")
+        raise OSError("disk full")
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(str(tmp_path / "ck.pt"), model)
+    assert not [p for p in tmp_path.rglob("*") if ".tmp" in p.name or p.name.startswith("ck.pt")]
+
+
 def test_shard_and_device_pick():
     batch = {"x": torch.arange(8), "pair": (torch.arange(8), torch.ones(8))}
     part = shard(batch, 1, 2)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..checks import booleans, number
 from .render import paint
 from .world import (COLORS, SHAPES, SPLIT_PERCENT, SceneBatch, _mix, check_shapes_and_colors, sample_split,
                     scene_hash)
@@ -51,12 +52,15 @@ class CanvasConfig:
             if not isinstance(value, int) or value < 2 * self.cell_px or value % (2 * self.cell_px):
                 raise ValueError(f"{name} must be an int multiple of 2 * cell_px = {2 * self.cell_px} "
                                  f"(an even number of cells), got {value!r}")
-        if not isinstance(self.min_objects, int) or not isinstance(self.max_objects, int):
+        if not all(isinstance(n, int) and not isinstance(n, bool) for n in (self.min_objects, self.max_objects)):
             raise ValueError(f"min_objects and max_objects must be ints, "
                              f"got {self.min_objects!r}, {self.max_objects!r}")
         if not 1 <= self.min_objects <= self.max_objects <= self.cells:
             raise ValueError(f"need 1 <= min_objects <= max_objects <= {self.cells} (cells of a {self.rows} x "
                              f"{self.cols} grid), got min_objects={self.min_objects}, max_objects={self.max_objects}")
+        number("small_fraction", self.small_fraction, low=0, high=1)
+        number("small_radius_px", self.small_radius_px, above=0)
+        number("large_radius", self.large_radius, above=0)
         if not 0 <= self.small_fraction <= 1:
             raise ValueError(f"small_fraction must be in [0, 1], got {self.small_fraction!r}")
         small, large = self.radii_px
@@ -66,6 +70,7 @@ class CanvasConfig:
         if not low <= self.cell_px // 2 <= high:
             raise ValueError(f"large_radius {self.large_radius!r} ({large:g} px) does not fit a {self.cell_px}-pixel "
                              f"cell with a pixel to spare on each side")
+        booleans(self, "jitter")
         check_shapes_and_colors(self)
 
     @property

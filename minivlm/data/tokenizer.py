@@ -22,6 +22,8 @@ TOKEN_PATTERN = re.compile(r"<[^<>\s]+>|[?.,]|[^\s?.,<]+|<")
 class Tokenizer:
 
     def __init__(self, words=None):
+        if isinstance(words, (str, bytes)):
+            raise TypeError(f"words must be a list of words, got the string {words!r} (try [{words!r}])")
         words = world_vocabulary() if words is None else list(words)
         if not all(isinstance(w, str) and w and not any(c.isspace() for c in w) for w in words):
             raise ValueError("words must be non-empty strings without whitespace")

@@ -50,7 +50,7 @@ class VideoConfig:
             raise ValueError(f"frames must be an int in [2, 64], got {self.frames!r}")
         if not isinstance(self.image_size, int) or self.image_size < 8:
             raise ValueError(f"image_size must be an int >= 8 (pixels, square frames), got {self.image_size!r}")
-        if not isinstance(self.min_objects, int) or not isinstance(self.max_objects, int):
+        if not all(isinstance(n, int) and not isinstance(n, bool) for n in (self.min_objects, self.max_objects)):
             raise ValueError(f"min_objects and max_objects must be ints, got {self.min_objects!r}, {self.max_objects!r}")
         most = len(NUMBER_WORDS) - 1
         if not 1 <= self.min_objects <= self.max_objects <= most:

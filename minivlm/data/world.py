@@ -20,6 +20,8 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from ..checks import booleans
+
 SHAPES = ("circle", "square", "triangle")
 PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles"}
 COLORS = OrderedDict(
@@ -61,12 +63,13 @@ class WorldConfig:
     def __post_init__(self):
         if not isinstance(self.grid, int) or self.grid < 2 or self.grid % 2 or self.grid > 16:
             raise ValueError(f"grid must be an even int in [2, 16] (cells split into quadrants), got {self.grid!r}")
-        if not isinstance(self.min_objects, int) or not isinstance(self.max_objects, int):
+        if not all(isinstance(n, int) and not isinstance(n, bool) for n in (self.min_objects, self.max_objects)):
             raise ValueError(f"min_objects and max_objects must be ints, got {self.min_objects!r}, {self.max_objects!r}")
         most = min(self.grid**2, len(NUMBER_WORDS) - 1)
         if not 1 <= self.min_objects <= self.max_objects <= most:
             raise ValueError(f"need 1 <= min_objects <= max_objects <= {most} (grid={self.grid}), "
                              f"got min_objects={self.min_objects}, max_objects={self.max_objects}")
+        booleans(self, "continuous")
         check_shapes_and_colors(self)
 
 

@@ -35,6 +35,8 @@ import torch.nn.functional as F
 
 from ..blip2_objectives import hard_negatives, itc_logits
 from ..contrastive import symmetric_cross_entropy
+from ..checks import integer, number, tensor
+from ..patching import check_images
 from ..qformer import QFormer, QFormerConfig, qformer_attention_mask
 from .llava import Llava, LlavaConfig
 
@@ -44,6 +46,12 @@ class Blip2Config:
     qformer: QFormerConfig = field(default_factory=QFormerConfig)
     embed_dim: int = 32                 # E, the shared space of ITC
     init_logit_scale: float = 1 / 0.07
+
+    def __post_init__(self):
+        if not isinstance(self.qformer, QFormerConfig):
+            raise TypeError(f"qformer must be a QFormerConfig, got {type(self.qformer).__name__}")
+        integer("embed_dim", self.embed_dim, low=1)
+        number("init_logit_scale", self.init_logit_scale, above=0)
 
 
 class Stage1Losses(NamedTuple):
@@ -84,6 +92,9 @@ class Blip2Stage1(nn.Module):
 
     def forward(self, images, text_ids, text_mask, generator=None):
         Q = self.config.qformer.num_queries
+        check_images(images, self.vision.config.patch_size)
+        tensor("text_ids", text_ids, dims=2, kind="int", shape="(B, T)")
+        tensor("text_mask", text_mask, dims=2, shape="(B, T)")
         if text_ids.shape != text_mask.shape or text_ids.shape[0] != images.shape[0]:
             raise ValueError(f"text_ids and text_mask must both be (B, T) with B = {images.shape[0]} images, "
                              f"got {tuple(text_ids.shape)} and {tuple(text_mask.shape)}")

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from ..attention import causal_mask
 from ..blocks import TransformerBlock
+from ..checks import booleans, integer, number, positive_ints, tensor
 from ..vit import ViT, ViTConfig
 
 
@@ -51,6 +52,15 @@ class CLIPConfig:
     max_logit_scale: float = 100.0
 
     def __post_init__(self):
+        if not isinstance(self.vision, ViTConfig):
+            raise TypeError(f"vision must be a ViTConfig, got {type(self.vision).__name__}")
+        positive_ints(self, "vocab_size", "max_text_len", "text_dim", "text_depth", "text_heads", "embed_dim")
+        booleans(self, "text_causal")
+        integer("eos_id", self.eos_id, low=0, high=self.vocab_size - 1)
+        number("max_logit_scale", self.max_logit_scale, above=0)
+        number("init_logit_bias", self.init_logit_bias)
+        if self.init_logit_scale is not None:
+            number("init_logit_scale", self.init_logit_scale, above=0)
         if self.loss not in ("clip", "siglip"):
             raise ValueError(f"loss must be 'clip' or 'siglip', got {self.loss!r}")
         if self.text_pool not in ("eos", "mean"):
@@ -143,6 +153,8 @@ class CLIP(nn.Module):
         return self.log_logit_scale.clamp(max=math.log(self.config.max_logit_scale)).exp()
 
     def forward(self, images, input_ids, attention_mask=None, validate=True):
+        tensor("images", images, dims=4, shape="(B, 3, H, W)")
+        tensor("input_ids", input_ids, dims=2, kind="int", shape="(B, L)")
         if images.shape[0] != input_ids.shape[0]:
             raise ValueError(f"images and input_ids must hold the same number of pairs, "
                              f"got {images.shape[0]} and {input_ids.shape[0]}")
@@ -181,6 +193,8 @@ def retrieval_recall(image_features, text_features, ks=(1, 5), same_text=None):
     same_text (B, B) bool, optional: texts i and j are identical, so finding text j for image i
     also counts as a hit (a discrete world repeats captions). Returns {"i2t@1": ..., "t2i@1": ...}.
     """
+    tensor("image_features", image_features, dims=2, kind="float", shape="(B, E)")
+    tensor("text_features", text_features, dims=2, kind="float", shape="(B, E)")
     if image_features.dim() != 2 or image_features.shape != text_features.shape:
         raise ValueError(f"image_features and text_features must both be (B, E), got "
                          f"{tuple(image_features.shape)} and {tuple(text_features.shape)}")

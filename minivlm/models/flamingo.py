@@ -28,10 +28,12 @@ import torch.nn as nn
 
 from ..gated_xattn import GatedCrossAttentionBlock
 from ..generation import generate
-from ..lm import IGNORE_INDEX, LanguageModel, check_token_ids, next_token_loss
+from ..lm import IGNORE_INDEX, LanguageModel, next_token_loss
 from ..perceiver import PerceiverResampler
 from ..vit import ViT
-from .llava import Llava, LlavaConfig, VLMOutput
+from ..checks import booleans, choice, positive_ints
+from ..vit import POSITIONS
+from .llava import Llava, LlavaConfig, VLMOutput, check_pixel_stats, check_special_ids, check_vlm_inputs
 
 
 @dataclass
@@ -64,7 +66,17 @@ class FlamingoConfig:
     pixel_std: tuple = (0.22, 0.19, 0.21)
 
     def __post_init__(self):
-        if not isinstance(self.cross_attention_every, int) or self.cross_attention_every < 1:
+        positive_ints(self, "vocab_size", "image_size", "patch_size", "vision_dim", "vision_depth", "vision_heads",
+                      "text_dim", "text_depth", "text_heads", "max_seq_len", "num_latents", "perceiver_depth",
+                      "perceiver_heads", "perceiver_dim_head", "max_images", "xattn_heads", "xattn_dim_head",
+                      "xattn_ff_mult")
+        booleans(self, "tie_embeddings", "only_attend_immediate_media")
+        choice("vision_positions", self.vision_positions, POSITIONS)
+        check_special_ids(self, "image_token_id", "eos_token_id")
+        check_pixel_stats(self)
+        self.vision_config(), self.lm_config()     # their own checks (divisibility, heads)
+        if not isinstance(self.cross_attention_every, int) or isinstance(self.cross_attention_every, bool) \
+                or self.cross_attention_every < 1:
             raise ValueError(f"cross_attention_every must be a positive int, got {self.cross_attention_every!r}")
 
     # the same fields as LlavaConfig's, so the same two builders
@@ -151,7 +163,7 @@ class Flamingo(PerceiverVLM):
     def forward(self, images, input_ids, attention_mask=None, labels=None, image_index=None, validate=True):
         """images (B_img, 3, H, W) in [0, 1]; input_ids, attention_mask, labels (B, S); image_index (B, T).
         validate=False skips the checks that read tensor values (a GPU -> CPU sync each)."""
-        check_token_ids(input_ids, self.config.vocab_size, read_values=validate)
+        check_vlm_inputs(images, input_ids, self.config.vocab_size, read_values=validate)
         self.check_media(input_ids, image_index, len(images), validate)
         media = self.encode_media(images, image_index)
         logits = self.language_model_with_media(media, input_ids == self.config.image_token_id,
@@ -182,9 +194,9 @@ class Flamingo(PerceiverVLM):
     @torch.no_grad()
     def generate(self, images, input_ids, attention_mask=None, image_index=None, max_new_tokens=4, **sampling):
         """Continue left-padded prompts with the LM's KV-cached loop: new ids (B, T_new), stopping at <eos>."""
+        check_vlm_inputs(images, input_ids, self.config.vocab_size)
         if attention_mask is not None and not attention_mask[:, -1].all():
             raise ValueError("prompts must be left-padded for generation (padding_side='left')")
-        check_token_ids(input_ids, self.config.vocab_size)
         self.check_media(input_ids, image_index, len(images), validate=True)
         conditioned = MediaConditionedLM(self, self.encode_media(images, image_index),
                                          input_ids == self.config.image_token_id)
@@ -240,6 +252,8 @@ class Idefics2(PerceiverVLM):
 
     @torch.no_grad()
     def generate(self, images, input_ids, attention_mask=None, image_index=None, max_new_tokens=4, **sampling):
+        check_vlm_inputs(images, input_ids, self.config.vocab_size)
+        self.check_media(input_ids, image_index, len(images), validate=True)
         if attention_mask is not None and not attention_mask[:, -1].all():
             raise ValueError("prompts must be left-padded for generation (padding_side='left')")
         if not ((input_ids == self.config.image_token_id).sum(1) == image_index.shape[1]).all():
@@ -251,7 +265,7 @@ class Idefics2(PerceiverVLM):
 
     def merge(self, images, input_ids, attention_mask, labels, image_index, validate):
         """Each <image> id -> its image's L projected latents: (embeds (B, S', D), attention_mask, labels)."""
-        check_token_ids(input_ids, self.config.vocab_size, read_values=validate)
+        check_vlm_inputs(images, input_ids, self.config.vocab_size, read_values=validate)
         self.check_media(input_ids, image_index, len(images), validate)
         is_image = input_ids == self.config.image_token_id                      # (B, S)
         visual = self.projector(self.encode_media(images, image_index))          # (B, T, L, D)

@@ -34,12 +34,46 @@ from typing import NamedTuple, Optional
 import torch
 import torch.nn as nn
 
+from ..checks import booleans, choice, integer, positive_ints, tensor
+
 from ..attention import causal_mask
 from ..lm import IGNORE_INDEX, LanguageModel, LMConfig, check_token_ids, next_token_loss
 from ..projector import PROJECTORS, build_projector, num_visual_tokens
-from ..vit import ViT, ViTConfig
+from ..vit import POSITIONS, ViT, ViTConfig
 
 STAGES = (1, 2, "all")
+
+
+def check_vlm_inputs(images, input_ids, vocab_size, read_values=True):
+    """The door of every image+text model: images a (B_img, 3, H, W) float tensor in [0, 1] on
+    input_ids' device, input_ids as check_token_ids wants them (their range read only with read_values:
+    a GPU -> CPU sync). Pixel values are never read, so float images in 0..255 are not caught: they
+    run, and the model sees saturated pixels."""
+    check_token_ids(input_ids, vocab_size, read_values)
+    tensor("images", images, dims=4, shape="(B_img, 3, H, W)")
+    if not images.is_floating_point():
+        hint = ": divide uint8 pixels by 255 (images.float() / 255)" if images.dtype == torch.uint8 else ""
+        raise TypeError(f"images must be a floating-point tensor in [0, 1]{hint}, got {images.dtype}")
+    if images.device != input_ids.device:
+        raise ValueError(f"images ({images.device}) and input_ids ({input_ids.device}) must be on one device: "
+                         f"move both with .to(device)")
+
+
+def check_special_ids(config, *names):
+    """Token-id fields are ints in [0, vocab_size)."""
+    for name in names:
+        integer(name, getattr(config, name), low=0, high=config.vocab_size - 1)
+
+
+def check_pixel_stats(config):
+    """pixel_mean and pixel_std: one number per channel, the std > 0."""
+    for name in ("pixel_mean", "pixel_std"):
+        values = getattr(config, name)
+        if not isinstance(values, (tuple, list)) or len(values) != 3 \
+                or not all(isinstance(v, (int, float)) and v == v for v in values) \
+                or (name == "pixel_std" and not all(v > 0 for v in values)):
+            raise ValueError(f"{name} must be 3 numbers (one per RGB channel{', > 0' if name == 'pixel_std' else ''}), "
+                             f"got {values!r}")
 
 
 @dataclass
@@ -66,6 +100,12 @@ class LlavaConfig:
     pixel_std: tuple = (0.22, 0.19, 0.21)    # standardise them (as CLIP's image processor does)
 
     def __post_init__(self):
+        positive_ints(self, "vocab_size", "image_size", "patch_size", "vision_dim", "vision_depth", "vision_heads",
+                      "unshuffle_factor", "text_dim", "text_depth", "text_heads", "max_seq_len")
+        booleans(self, "tie_embeddings")
+        choice("vision_positions", self.vision_positions, POSITIONS)
+        check_special_ids(self, "image_token_id", "assistant_token_id", "eos_token_id")
+        check_pixel_stats(self)
         if self.projector not in PROJECTORS:
             raise ValueError(f"projector must be one of {PROJECTORS}, got {self.projector!r}")
         if self.prefix not in ("bidirectional", "causal"):
@@ -137,7 +177,7 @@ class Llava(nn.Module):
     def forward(self, images, input_ids, attention_mask=None, labels=None, image_index=None, validate=True):
         """images (B_img, 3, H, W) in [0, 1]; input_ids, attention_mask, labels (B, L); image_index (B,).
         validate=False skips the checks that read tensor values (a GPU -> CPU sync each)."""
-        check_token_ids(input_ids, self.config.vocab_size, read_values=validate)
+        check_vlm_inputs(images, input_ids, self.config.vocab_size, read_values=validate)
         if validate:
             self.check_prompts(input_ids, image_index, len(images))
         merged = self.merge_image_tokens(input_ids, self.encode_images(images), attention_mask, labels, image_index)
@@ -149,9 +189,9 @@ class Llava(nn.Module):
     @torch.no_grad()
     def generate(self, images, input_ids, attention_mask=None, image_index=None, max_new_tokens=4, **sampling):
         """Answer left-padded prompts with the LM's KV-cached generation: new ids (B, T_new)."""
+        check_vlm_inputs(images, input_ids, self.config.vocab_size)
         if attention_mask is not None and not attention_mask[:, -1].all():
             raise ValueError("prompts must be left-padded for generation (encode_chat(..., padding_side='left'))")
-        check_token_ids(input_ids, self.config.vocab_size)
         self.check_prompts(input_ids, image_index, len(images))
         merged = self.merge_image_tokens(input_ids, self.encode_images(images), attention_mask, None, image_index)
         return self.lm.generate(inputs_embeds=merged.embeds, attention_mask=merged.attention_mask,

@@ -28,12 +28,13 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn as nn
 
+from ..checks import booleans, number, positive_ints, tensor
 from ..dynamic_resolution import patchify_qwen2vl
 from ..lm import LanguageModel, LMConfig, check_token_ids, next_token_loss
 from ..rope import mrope_position_ids
 from ..video_frames import pool_frame_tokens
 from ..window_attention import DynamicResolutionViT, DynamicViTConfig
-from .llava import VLMOutput
+from .llava import VLMOutput, check_pixel_stats, check_special_ids
 
 
 def shapes_vit_config():
@@ -63,6 +64,14 @@ class Qwen2VLConfig:
     mrope_section: tuple = None          # frequency pairs per (t, h, w) stream; None: Qwen2-VL's proportions
 
     def __post_init__(self):
+        if not isinstance(self.vision, DynamicViTConfig):
+            raise TypeError(f"vision must be a DynamicViTConfig, got {type(self.vision).__name__}")
+        positive_ints(self, "vocab_size", "text_dim", "text_depth", "text_heads", "max_seq_len")
+        booleans(self, "tie_embeddings")
+        check_special_ids(self, "image_token_id", "video_token_id", "eos_token_id")
+        check_pixel_stats(self)
+        number("tokens_per_second", self.tokens_per_second, above=0)
+        self.lm_config()                           # its own checks: heads, rope_theta, mrope_section
         if self.vision.out_dim != self.text_dim:
             raise ValueError(f"the ViT's out_dim ({self.vision.out_dim}) must be the LM's text_dim ({self.text_dim})")
         if self.positions not in ("mrope", "1d"):
@@ -255,6 +264,9 @@ class Qwen2VL(nn.Module):
 
     def forward(self, patches, grid_thw, input_ids, attention_mask=None, labels=None, position_ids=None,
                 validate=True, *, video_patches=None, video_grid_thw=None, video_seconds_per_grid=None):
+        check_token_ids(input_ids, self.config.vocab_size, read_values=False)
+        if patches is not None:
+            tensor("patches", patches, dims=2, kind="float", shape="(N, C·t·p·p), from process_images")
         if position_ids is None:
             position_ids = self.position_ids(input_ids, grid_thw, attention_mask, video_grid_thw,
                                              video_seconds_per_grid)
@@ -269,6 +281,9 @@ class Qwen2VL(nn.Module):
 
         Each new token's id is the prompt's largest + 1 onwards, in all three streams: what Qwen2-VL's
         rope_deltas (mrope_position_ids) carry on after the prompt."""
+        check_token_ids(input_ids, self.config.vocab_size, read_values=False)
+        if patches is not None:
+            tensor("patches", patches, dims=2, kind="float", shape="(N, C·t·p·p), from process_images")
         if attention_mask is not None and not attention_mask[:, -1].all():
             raise ValueError("prompts must be left-padded for generation (see left_pad)")
         position_ids = self.position_ids(input_ids, grid_thw, attention_mask, video_grid_thw, video_seconds_per_grid)
