@@ -61,7 +61,8 @@ class LMConfig:
             raise ValueError(f"dim={self.dim} must be divisible by heads={self.heads}")
         if (self.dim // self.heads) % 2:
             raise ValueError(f"head_dim = dim/heads = {self.dim // self.heads} must be even for RoPE")
-        if self.kv_heads is not None and (self.kv_heads < 1 or self.heads % self.kv_heads):
+        number("norm_eps", self.norm_eps, above=0)
+        if self.kv_heads is not None and self.heads % integer("kv_heads", self.kv_heads, low=1):
             raise ValueError(f"kv_heads={self.kv_heads} must be a positive divisor of heads={self.heads}")
         if self.rope not in ("1d", "mrope"):
             raise ValueError(f"rope must be '1d' or 'mrope', got {self.rope!r}")
@@ -190,9 +191,9 @@ class LanguageModel(nn.Module):
             raise ValueError(f"sequence length {S} (cached + new tokens) exceeds max_seq_len={c.max_seq_len}")
         shapes = {"labels": (labels, (B, L)), "attention_mask (over cached + new tokens)": (attention_mask, (B, S)),
                   "position_ids": (position_ids, (3, B, L) if c.rope == "mrope" else (B, L))}
-        for name, (tensor, expected) in shapes.items():
-            if tensor is not None and tuple(tensor.shape) != expected:
-                raise ValueError(f"{name} must have shape {expected}, got {tuple(tensor.shape)}")
+        for name, (value, expected) in shapes.items():
+            if value is not None and tuple(value.shape) != expected:
+                raise ValueError(f"{name} must have shape {expected}, got {tuple(value.shape)}")
         if attn_mask is not None and (attn_mask.dtype != torch.bool or attn_mask.dim() not in (2, 3)
                                       or attn_mask.shape[-2:] != (L, S)
                                       or (attn_mask.dim() == 3 and attn_mask.shape[0] not in (1, B))):

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from .blocks import TransformerBlock
 from .patching import PatchEmbed
 from . import rope as rope_lib
-from .checks import number, positive_ints
+from .checks import integer, number, positive_ints
 
 POSITIONS = ("learned", "sincos", "rope2d", "none")
 
@@ -54,6 +54,9 @@ class ViTConfig:
     def __post_init__(self):
         positive_ints(self, "image_size", "patch_size", "channels", "dim", "depth", "heads")
         number("mlp_ratio", self.mlp_ratio, above=0)
+        number("norm_eps", self.norm_eps, above=0)
+        if self.mlp_hidden is not None:
+            integer("mlp_hidden", self.mlp_hidden, low=1)
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size={self.image_size} is not divisible by patch_size={self.patch_size}")
         if self.positions not in POSITIONS:
@@ -99,7 +102,8 @@ class ViT(nn.Module):
             self.pos_embed = nn.Parameter(torch.randn(1, c.grid_size ** 2, c.dim) * 0.02)
         if c.pool == "cls":
             self.cls_token = nn.Parameter(torch.zeros(1, 1, c.dim))
-        self.blocks = nn.ModuleList(TransformerBlock(c.dim, c.heads, c.mlp_hidden or int(c.dim * c.mlp_ratio), norm_eps=c.norm_eps, gelu=c.gelu)
+        mlp_hidden = c.mlp_hidden or int(c.dim * c.mlp_ratio)
+        self.blocks = nn.ModuleList(TransformerBlock(c.dim, c.heads, mlp_hidden, norm_eps=c.norm_eps, gelu=c.gelu)
                                     for _ in range(c.depth))
         self.norm = nn.LayerNorm(c.dim, eps=c.norm_eps)
 
