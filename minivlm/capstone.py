@@ -19,6 +19,11 @@ parameters, the milliseconds per training step and the peak memory (CPU: the byt
 the backward pass of one step; CUDA: torch.cuda.max_memory_allocated). Each connector trains at the
 learning rate of its own chapter (CONNECTOR_LR): what each was shown to learn with, not one rate for all.
 
+A seed draws everything random in a run: the connector's initial weights, the order of the batches, and
+the frozen parts themselves, a CLIP tower and an LM pretrained with that seed (cached). Within a seed
+every connector stands on the same ViT and LM; across seeds, the spread includes theirs, which is
+large: one LM draw can decide whether a connector reads colour at all.
+
     results = run_connectors(seeds=(0, 1, 2))       # [{"connector", "seed", "accuracy", "tokens", ...}]
     rows = summarize(results)                       # one row per connector, mean and sd over seeds
     write_results(results, "capstone")              # capstone.json, capstone.csv, capstone.png
@@ -117,7 +122,8 @@ class OneImagePerRow(nn.Module):
 
 
 def build(connector, settings, vision=None, lm=None):
-    """The VLM of `connector` with the CLIP ViT and the pretrained LM loaded, both frozen (only the connector trains)."""
+    """The VLM of `connector` with the CLIP ViT and the pretrained LM loaded, both frozen (only the connector trains);
+    by default those of seed 0."""
     if connector not in CONNECTORS:
         raise ValueError(f"connector must be one of {CONNECTORS}, got {connector!r}")
     config = llava_config(settings)
@@ -133,14 +139,16 @@ def build(connector, settings, vision=None, lm=None):
     return OneImagePerRow(model) if connector in ("perceiver", "xattn") else model
 
 
-def clip_tower(settings):
+def clip_tower(settings, seed=0):
+    """Chapter 03's CLIP image tower, pretrained with `seed` (cached)."""
     return pretrained.vision_tower(llava_config(settings).vision_config(), WorldConfig(**settings["world"]),
-                                   settings["pool"], settings["clip_steps"], settings["clip_batch"],
+                                   settings["pool"], settings["clip_steps"], settings["clip_batch"], seed=seed,
                                    device=settings["device"])
 
 
-def frozen_lm(settings):
-    return pretrained.language_model(lm_config(settings), device=settings["device"]).cpu()
+def frozen_lm(settings, seed=0):
+    """Chapter 04's LM, pretrained with `seed` (cached)."""
+    return pretrained.language_model(lm_config(settings), seed=seed, device=settings["device"]).cpu()
 
 
 @functools.lru_cache(maxsize=2)
@@ -203,13 +211,15 @@ def fingerprint(*modules):
     return digest.hexdigest()[:16]
 
 
-def train_connector(connector, seed, settings=SCALES["cpu"], progress=False):
+def train_connector(connector, seed, settings=SCALES["cpu"], progress=False, frozen_seeds=None):
     """One run -> {"connector", "seed", "accuracy": {kind: %}, "tokens", "parameters", "ms_per_step", "memory_mb",
-    "loss": per step, "frozen": the fingerprint of the frozen ViT and LM}."""
+    "loss": per step, "frozen": the fingerprint of the frozen ViT and LM}. frozen_seeds=(clip seed, LM seed)
+    stands the run on other frozen parts than its seed's own (to tell which of the two matters)."""
     device = torch.device(settings["device"])
     images, batch, test_images, test_pairs = data(settings)
     images = images.to(device)                   # the rows stay on the CPU: cutting a batch never waits for a GPU
-    vision, lm = clip_tower(settings), frozen_lm(settings)
+    clip_seed, lm_seed = frozen_seeds or (seed, seed)
+    vision, lm = clip_tower(settings, clip_seed), frozen_lm(settings, lm_seed)
     frozen = fingerprint(vision, lm)
     torch.manual_seed(seed)
     model = build(connector, settings, vision, lm)
@@ -235,12 +245,12 @@ def _run(job, settings, threads):
     return train_connector(*job, settings)
 
 
-def _prepare(kind, settings):
+def _prepare(kind, settings, seed):
     torch.set_num_threads(1)
     if kind == "clip":
-        clip_tower(settings)
+        clip_tower(settings, seed)
     else:
-        frozen_lm(settings)
+        frozen_lm(settings, seed)
 
 
 def run_connectors(seeds=(0, 1, 2), connectors=CONNECTORS, settings=SCALES["cpu"], workers=2, progress=False):
@@ -262,7 +272,7 @@ def run_connectors(seeds=(0, 1, 2), connectors=CONNECTORS, settings=SCALES["cpu"
     if workers == 0 or settings["device"] != "cpu":          # one GPU: the runs one after another, here
         return [train_connector(c, s, settings, progress) for c, s in jobs]
     with ProcessPoolExecutor(min(workers, os.cpu_count() or 1), mp_context=get_context("spawn")) as pool:
-        for future in [pool.submit(_prepare, kind, settings) for kind in ("clip", "lm")]:
+        for future in [pool.submit(_prepare, kind, settings, seed) for seed in seeds for kind in ("clip", "lm")]:
             future.result()
         futures = [pool.submit(_run, job, settings, 1) for job in jobs]
         results = []
