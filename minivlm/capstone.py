@@ -246,11 +246,10 @@ def _run(job, settings, threads):
 
 
 def _prepare(kind, settings, seed):
-    torch.set_num_threads(1)
     if kind == "clip":
-        clip_tower(settings, seed)
+        clip_tower(settings, seed)          # on CLIP_RECIPE's fixed threads
     else:
-        frozen_lm(settings, seed)
+        frozen_lm(settings, seed)           # on the process's own threads, as in chapter 04's kernel
 
 
 def run_connectors(seeds=(0, 1, 2), connectors=CONNECTORS, settings=SCALES["cpu"], workers=2, progress=False):

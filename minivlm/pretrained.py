@@ -14,8 +14,7 @@ its connector has to learn is to put into the LM's embedding space what the capt
 
     lm = language_model(LMConfig(vocab_size=58, dim=64, depth=2, tie_embeddings=False))   # trains once, then loads from the cache
 
-Training takes a fixed number of steps (PRETRAIN["steps"], on two CPU threads whatever the machine has, so
-that every machine trains the same model; about 25 s); the weights
+Training takes a fixed number of steps (PRETRAIN["steps"]; about 25 s on a 2-core CPU); the weights
 are cached under $MINIVLM_CACHE (default ~/.cache/minivlm), in a file named by a hash of the
 LM config, the recipe, the seed and the package version. A file that does not load (cut off,
 or from elsewhere) is trained again and replaced. The model comes back in eval mode with every
@@ -43,12 +42,13 @@ from .models.clip import CLIP, CLIPConfig
 from .models.llava import LlavaConfig, chat_prompt
 from .train import TrainConfig, fit, load_checkpoint, pick_device, save_checkpoint, seed_everything
 
-# cpu_threads: on a CPU, the torch threads each trains on, whatever the machine has. Threads split some float sums
-# (the gradients of shared weights, layer norms) into partial sums added in another order, and hundreds of steps
-# make those last bits into another model: a fixed count gives every machine the same one, and so the chapters'
-# stored numbers. The LM takes the 2 of the course's 2-core CPU (on one it takes twice as long, 50 s); the CLIP
-# tower, trained in chapter 10's one-thread workers, takes 1.
-PRETRAIN = dict(steps=800, batch_size=64, lr=3e-3, warmup_steps=30, scenes=5_000, questions_per_scene=4, cpu_threads=2)
+# Threads split some float sums (the gradients of shared weights, layer norms) into partial sums added in another
+# order, and hundreds of steps make those last bits into another model. The CLIP tower trains on a fixed number of
+# CPU threads (cpu_threads), so every machine caches the same one. The LM trains on the threads it is given: two
+# in chapter 04's kernel on the course's 2-core CPU, which the chapters' stored runs used (one thread would put
+# chapter 04 over its minute, and the graders, which run one thread each, would train theirs twice as slowly
+# again), so another thread count trains another LM (capstone.fingerprint tells them apart).
+PRETRAIN = dict(steps=800, batch_size=64, lr=3e-3, warmup_steps=30, scenes=5_000, questions_per_scene=4)
 CLIP_RECIPE = dict(lr=3e-3, warmup_steps=40, text_dim=64, text_depth=2, embed_dim=64, cpu_threads=1)
 
 
@@ -120,10 +120,9 @@ def pretrain_language_model(config=None, seed=0, device=None, progress=False):
         return ids[rows, :length], labels[rows, :length]
 
     model = LanguageModel(config)
-    with cpu_threads(device, PRETRAIN["cpu_threads"]):
-        history = fit(model, batch, lambda m, b: m(b[0], labels=b[1], validate=False).loss,
-                      TrainConfig(steps=PRETRAIN["steps"], lr=PRETRAIN["lr"], warmup_steps=PRETRAIN["warmup_steps"],
-                                  device=str(device), seed=seed, progress=progress))
+    history = fit(model, batch, lambda m, b: m(b[0], labels=b[1], validate=False).loss,
+                  TrainConfig(steps=PRETRAIN["steps"], lr=PRETRAIN["lr"], warmup_steps=PRETRAIN["warmup_steps"],
+                              device=str(device), seed=seed, progress=progress))
     return model, history
 
 
