@@ -46,8 +46,8 @@ def tour(args):
     from .viz import answer_figure
 
     started = time.perf_counter()
-    if args.steps is not None and args.steps < 1:
-        raise CLIError(f"--steps must be >= 1, got {args.steps}")
+    if args.steps is not None:
+        _check_at_least(args.steps, "--steps", 1)
     _check_at_least(args.seed, "--seed", 0)
     if args.threads is not None:
         _check_at_least(args.threads, "--threads", 1)
@@ -177,8 +177,7 @@ def capstone(args):
         if not torch.cuda.is_available():
             raise CLIError(f"--scale {args.scale} trains on a CUDA device, and there is none here; try --scale cpu")
     if args.steps is not None:
-        if args.steps < 1:
-            raise CLIError(f"--steps must be >= 1, got {args.steps}")
+        _check_at_least(args.steps, "--steps", 1)
         settings["steps"] = args.steps
     if args.workers < 0:
         raise CLIError(f"--workers must be >= 0 (0: run here), got {args.workers}")
@@ -231,7 +230,8 @@ def _device(name):
         device = torch.device(name)
     except RuntimeError:
         raise CLIError(f"--device must be cpu, cuda, cuda:N or mps, got {name!r}") from None
-    there = {"cpu": lambda: True, "cuda": lambda: torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count(),
+    there = {"cpu": lambda: True,
+             "cuda": lambda: torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count(),
              "mps": lambda: getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()}
     if device.type not in there:
         raise CLIError(f"--device must be cpu, cuda, cuda:N or mps, got {name!r}")
