@@ -47,8 +47,9 @@ from .projector import PixelShuffleLinearProjector
 from .vit import ViT, ViTConfig
 
 
-def _state_and_config(model_or_state_dict, config, what):
-    """(state dict, HF config) from a model, or from a state dict with its config."""
+def _state_and_config(model_or_state_dict, config, what, part=None):
+    """(state dict, HF config) from a model, or from a state dict with its config; for a whole Idefics3, the
+    config of its `part` ("text_config" or "vision_config")."""
     if isinstance(model_or_state_dict, torch.nn.Module):
         state, config = model_or_state_dict.state_dict(), config or getattr(model_or_state_dict, "config", None)
     elif isinstance(model_or_state_dict, dict):
@@ -57,6 +58,8 @@ def _state_and_config(model_or_state_dict, config, what):
         raise ValueError(f"{what}: expected an HF model or a state dict, got {type(model_or_state_dict).__name__}")
     if config is None:
         raise ValueError(f"{what}: these weights come without their HF config, pass config=")
+    if part is not None and getattr(config, "model_type", None) == "idefics3":
+        config = getattr(config, part)
     return state, config
 
 
@@ -128,9 +131,7 @@ def _load(module, ours, what):
 def language_model_from_llama(hf_model_or_state_dict, config=None):
     """A LanguageModel with the weights of an HF LlamaForCausalLM (SmolLM2 is one), or of its state dict and config."""
     what = "language_model_from_llama"
-    state, config = _state_and_config(hf_model_or_state_dict, config, what)
-    if getattr(config, "model_type", None) == "idefics3":
-        config = config.text_config
+    state, config = _state_and_config(hf_model_or_state_dict, config, what, part="text_config")
     lm_config = lm_config_from_llama(config)
     body = _strip_prefix(state, ("model.text_model.", "model.", ""))
     ours = {"tok_emb.weight": body.get("embed_tokens.weight"), "norm.weight": body.get("norm.weight")}
@@ -171,9 +172,7 @@ def vision_tower_from_siglip(hf_model_or_state_dict, config=None):
 
     The ViT's `tokens` (B, N, D) are HF's last_hidden_state (after post_layernorm)."""
     what = "vision_tower_from_siglip"
-    state, config = _state_and_config(hf_model_or_state_dict, config, what)
-    if getattr(config, "model_type", None) == "idefics3":
-        config = config.vision_config
+    state, config = _state_and_config(hf_model_or_state_dict, config, what, part="vision_config")
     vit_config = vit_config_from_siglip(config)
     body = _strip_prefix(state, ("model.vision_model.", "vision_model.", ""))
     ours = {}
