@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checks import integer
+from .checks import integer, tensor
 
 
 def check_images(images, patch_size, channels=None, name="images"):
@@ -22,9 +22,7 @@ def check_images(images, patch_size, channels=None, name="images"):
     if not isinstance(images, torch.Tensor) or images.dim() != 4:
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise ValueError(f"{name} must be a (B, C, H, W) tensor, got {shape}")
-    if not images.is_floating_point():
-        hint = ": divide uint8 pixels by 255 (images.float() / 255)" if images.dtype == torch.uint8 else ""
-        raise TypeError(f"{name} must be a floating-point tensor in [0, 1]{hint}, got {images.dtype}")
+    tensor(name, images, kind="float")                  # uint8 pixels: the message says to divide by 255
     B, C, H, W = images.shape
     if B == 0:
         raise ValueError(f"{name} is an empty batch (B = 0): expected at least one image")

@@ -50,10 +50,7 @@ def check_vlm_inputs(images, input_ids, vocab_size, read_values=True):
     a GPU -> CPU sync). Pixel values are never read, so float images in 0..255 are not caught: they
     run, and the model sees saturated pixels."""
     check_token_ids(input_ids, vocab_size, read_values)
-    tensor("images", images, dims=4, shape="(B_img, 3, H, W)")
-    if not images.is_floating_point():
-        hint = ": divide uint8 pixels by 255 (images.float() / 255)" if images.dtype == torch.uint8 else ""
-        raise TypeError(f"images must be a floating-point tensor in [0, 1]{hint}, got {images.dtype}")
+    tensor("images", images, dims=4, kind="float", shape="(B_img, 3, H, W) in [0, 1]")     # uint8: says / 255
     if images.device != input_ids.device:
         raise ValueError(f"images ({images.device}) and input_ids ({input_ids.device}) must be on one device: "
                          f"move both with .to(device)")
